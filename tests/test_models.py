@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from sppnet.models import build_model, count_parameters, list_models
+
+
+def pad_batch(images):
+    height = max(im.shape[-2] for im in images)
+    width = max(im.shape[-1] for im in images)
+    batch = torch.zeros(len(images), 3, height, width)
+    for k, im in enumerate(images):
+        batch[k, :, : im.shape[-2], : im.shape[-1]] = im
+    return batch, torch.tensor([list(im.shape[-2:]) for im in images])
+
+
+def test_registry_lists_the_family():
+    assert list_models() == ["flatten", "gap", "spp"]
+
+
+def test_unknown_model_lists_valid_names_and_suggests():
+    with pytest.raises(ValueError, match=r"unknown model 'sppp': choose one of flatten, gap, spp; did you mean 'spp'\?"):
+        build_model("sppp")
+
+
+def test_unknown_argument_names_the_model():
+    with pytest.raises(ValueError, match="model 'gap'.*levels"):
+        build_model("gap", levels=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [("spp", 196_389), ("flatten", 3_989_285), ("gap", 32_549)],  # Keras reports the same counts
+)
+def test_parameter_counts_match_the_study(name, expected):
+    assert count_parameters(build_model(name)) == expected
+
+
+@pytest.mark.parametrize("name", ["spp", "gap"])
+@pytest.mark.parametrize("size", [(8, 8), (37, 53), (180, 180), (240, 320)])
+def test_any_size_models_give_logits_for_any_size(name, size):
+    model = build_model(name, num_classes=7).eval()
+    out = model(torch.rand(2, 3, *size) * 255)
+    assert out.shape == (2, 7)
+    assert model.forward_features(torch.rand(1, 3, *size))[0].shape[1] == 64
+
+
+@pytest.mark.parametrize("name,kwargs", [("spp", {}), ("spp", dict(levels=(4, 2, 1), pool="avg")), ("gap", {})])
+def test_padded_mixed_batch_gives_each_image_its_own_logits(name, kwargs):
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).eval()
+    images = [torch.rand(3, h, w) * 255 for h, w in [(17, 300), (180, 180), (224, 224), (333, 500)]]
+    batch, sizes = pad_batch(images)
+    with torch.no_grad():
+        got = model(batch, sizes)
+        alone = torch.cat([model(im[None]) for im in images])
+    torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_input_is_rescaled_inside_the_model():
+    model = build_model("spp", dropout=0.0).eval()
+    x = torch.rand(1, 3, 32, 32) * 255
+    with torch.no_grad():
+        features, _ = model.forward_features(x)
+        by_hand = x / 255
+        for block in model.features:
+            by_hand = block(by_hand)
+    torch.testing.assert_close(features, by_hand)
+
+
+def test_flatten_rejects_other_sizes_naming_the_one_it_needs():
+    model = build_model("flatten", input_size=64)
+    assert model(torch.rand(1, 3, 64, 64)).shape == (1, 5)
+    with pytest.raises(ValueError, match="built for 64x64 input, got 65x64"):
+        model(torch.rand(1, 3, 65, 64))
+
+
+@pytest.mark.parametrize("name", ["spp", "gap"])
+def test_input_smaller_than_the_stride_is_refused(name):
+    model = build_model(name)
+    with pytest.raises(ValueError, match="smaller than the network's total stride of 8 px"):
+        model(torch.rand(1, 3, 7, 100))
+    with pytest.raises(ValueError, match="stride of 8 px"):
+        model(torch.rand(2, 3, 20, 20), torch.tensor([[20, 20], [20, 5]]))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
+        (dict(num_classes=0), "num_classes must be an integer >= 1, got 0"),
+        (dict(levels=()), "levels must not be empty"),
+        (dict(pool="min"), "mode must be one of max, avg"),
+    ],
+)
+def test_bad_model_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("spp", **kwargs)
+
+
+def test_wrong_channel_count_is_refused():
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\), got \(1, 1, 32, 32\)"):
+        build_model("gap")(torch.rand(1, 1, 32, 32))
+
+
+def test_config_rebuilds_the_same_architecture():
+    model = build_model("spp", num_classes=3, levels=(1, 3), pool="avg", dropout=0.5)
+    config = dict(model.config)
+    rebuilt = build_model(config.pop("name"), **config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.config == model.config
+    assert repr(rebuilt) == repr(model)
+
+
+def test_gradients_reach_the_first_conv_through_a_padded_batch():
+    model = build_model("spp")
+    batch, sizes = pad_batch([torch.rand(3, 40, 24) * 255, torch.rand(3, 16, 64) * 255])
+    model(batch, sizes).sum().backward()
+    assert model.features[0][0].weight.grad.abs().sum() > 0
