@@ -200,9 +200,9 @@ def spatial_pyramid_pool(
 
     if sizes is None:
         # Under export the height and width are symbolic; derive per-image sizes from the shape.
-        n_img = x.shape[0]
-        heights = torch.full((n_img,), x.shape[-2], dtype=torch.long, device=x.device)
-        widths = torch.full((n_img,), x.shape[-1], dtype=torch.long, device=x.device)
+        # (ones_like keeps the batch dimension symbolic too.)
+        ones = torch.ones_like(x[:, 0, 0, 0], dtype=torch.long)  # (N,)
+        heights, widths = ones * x.shape[-2], ones * x.shape[-1]
     else:
         sizes = _check_sizes(sizes, x)
         heights, widths = sizes[:, 0], sizes[:, 1]
