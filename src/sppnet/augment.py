@@ -1,0 +1,152 @@
+"""Batched random flip, rotation and zoom with the semantics of Keras' preprocessing layers.
+
+The study's augmentation is ``Sequential([RandomFlip("horizontal"), RandomRotation(0.1),
+RandomZoom(0.1)])`` with reflected fill. :class:`Augment` draws the same random parameters per
+image and applies all three in one bilinear resampling pass (``grid_sample``): output pixel
+coordinates are mapped back through zoom, rotation and flip in turn, reflecting into the image
+after each step exactly as the sequential Keras layers would, but the pixels are interpolated only
+once (sharper than three passes).
+
+Parameters (per image, drawn by :meth:`Augment.draw`, applied by :meth:`Augment.apply`):
+    * flip: mirrored left-right with probability 0.5 (Keras ``RandomFlip("horizontal")``).
+    * angle: uniform in [-rotation, rotation] turns (Keras ``RandomRotation(rotation)``;
+      0.1 turn = 36 degrees); positive angles turn the picture counter-clockwise.
+    * zoom: scale factor uniform in [1 - zoom, 1 + zoom], the same for height and width (Keras
+      ``RandomZoom(zoom)``); above 1 zooms out (shows more), below 1 zooms in.
+
+Fill modes, for the area that comes from outside the image:
+    * ``"reflect"`` (default, Keras' default): ``d c b a | a b c d | d c b a``.
+    * ``"constant"``: zeros (black).
+
+Padded batches: with ``sizes``, each image is transformed about its own centre, filled from its
+own valid region, and the padding stays zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ConfigError
+
+__all__ = ["Augment", "AugmentParams", "FILL_MODES"]
+
+FILL_MODES = ("reflect", "constant")
+
+
+@dataclass
+class AugmentParams:
+    """Per-image random parameters: flip (N,) bool, angle (N,) radians, zoom (N,) factor."""
+
+    flip: Tensor
+    angle: Tensor
+    zoom: Tensor
+
+
+def _reflect(coord: Tensor, length: Tensor) -> Tensor:
+    """Reflects pixel coordinates into [-0.5, length - 0.5] (``d c b a | a b c d``)."""
+    folded = torch.remainder(coord + 0.5, 2 * length)  # [0, 2 * length)
+    return length - (folded - length).abs() - 0.5
+
+
+class Augment:
+    """Random flip, rotation and zoom of image batches, Keras semantics.
+
+    Args:
+        flip: mirror left-right with probability 0.5. Default True.
+        rotation: largest rotation in turns, in [0, 0.5]; 0 disables. Default 0.1 (36 degrees).
+        zoom: largest relative zoom, in [0, 1); 0 disables. Default 0.1.
+        fill: ``"reflect"`` (default) or ``"constant"`` (zeros).
+
+    Raises:
+        ConfigError: for a value outside those ranges or an unknown fill mode.
+    """
+
+    def __init__(self, flip: bool = True, rotation: float = 0.1, zoom: float = 0.1, fill: str = "reflect") -> None:
+        if not isinstance(flip, bool):
+            raise ConfigError(f"flip must be True or False, got {flip!r}")
+        if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or not 0 <= rotation <= 0.5:
+            raise ConfigError(f"rotation must be a number of turns in [0, 0.5], got {rotation!r}")
+        if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not 0 <= zoom < 1:
+            raise ConfigError(f"zoom must be a number in [0, 1), got {zoom!r}")
+        if fill not in FILL_MODES:
+            raise ConfigError(f"fill must be one of {', '.join(FILL_MODES)}; got {fill!r}")
+        self.flip, self.rotation, self.zoom, self.fill = flip, float(rotation), float(zoom), fill
+
+    def __repr__(self) -> str:
+        return f"Augment(flip={self.flip}, rotation={self.rotation}, zoom={self.zoom}, fill={self.fill!r})"
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> AugmentParams:
+        """Draws the random parameters of ``n`` images."""
+        u = torch.rand(3, n, generator=generator, dtype=torch.float64)
+        flip = (u[0] < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool)
+        angle = (2 * u[1] - 1) * self.rotation * 2 * math.pi
+        zoom = 1 + (2 * u[2] - 1) * self.zoom
+        return AugmentParams(flip, angle.float(), zoom.float())
+
+    def __call__(self, x: Tensor, sizes: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Augments a batch with freshly drawn parameters; see :meth:`apply`."""
+        return self.apply(x, self.draw(x.shape[0], generator), sizes)
+
+    def apply(self, x: Tensor, params: AugmentParams, sizes: Tensor | None = None) -> Tensor:
+        """Applies given parameters to a batch.
+
+        Args:
+            x: images (N, C, H, W), float (uint8 is converted to float 0..255).
+            params: from :meth:`draw`.
+            sizes: optional (N, 2) valid (height, width) of each image of a zero-padded batch.
+
+        Returns:
+            Float tensor of the same shape (and memory format); padding stays zero.
+        """
+        if x.dim() != 4:
+            raise ConfigError(f"augmentation needs a batch (N, C, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            x = x.float()
+        n, _, height, width = x.shape
+        device = x.device
+        if sizes is None:
+            h = torch.full((n,), height, dtype=torch.float32, device=device)
+            w = torch.full((n,), width, dtype=torch.float32, device=device)
+        else:
+            h, w = sizes[:, 0].to(device, torch.float32), sizes[:, 1].to(device, torch.float32)
+        h, w = h.view(n, 1, 1), w.view(n, 1, 1)
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+        ys = torch.arange(height, device=device, dtype=torch.float32).view(1, height, 1)
+        xs = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, width)
+        zoom = params.zoom.to(device).view(n, 1, 1)
+        cos = torch.cos(params.angle).to(device).view(n, 1, 1)
+        sin = torch.sin(params.angle).to(device).view(n, 1, 1)
+        reflect = self.fill == "reflect"
+
+        # Output pixel -> input pixel, undoing the layers last to first: zoom, rotation, flip.
+        # Zoom (and its reflection) is separable: rows (N, 1, W) and columns (N, H, 1) only.
+        dx, dy = (xs - cx) * zoom, (ys - cy) * zoom
+        if reflect:
+            dx, dy = _reflect(dx + cx, w) - cx, _reflect(dy + cy, h) - cy
+        # Counter-clockwise picture rotation: sample the input at the clockwise-rotated point
+        # (y points down in pixel coordinates). The flip mirrors x about the centre, folded into
+        # the coefficients: x_in = cx + sign * (cos * dx - sin * dy).
+        sign = 1 - 2 * params.flip.to(device, torch.float32).view(n, 1, 1)
+        src_x = (sign * cos) * dx - (sign * sin) * dy + cx  # (N, H, W)
+        src_y = sin * dx + cos * dy + cy  # (N, H, W)
+        if reflect:
+            # Within [-0.5, len - 0.5] a coordinate beyond the last pixel centre reads that pixel
+            # (its mirror image), so clamping to the centres gives reflect's bilinear values.
+            src_x = torch.clamp(_reflect(src_x, w), torch.zeros_like(w), w - 1)
+            src_y = torch.clamp(_reflect(src_y, h), torch.zeros_like(h), h - 1)
+        # Constant fill reads zeros outside the image: beyond the tensor through grid_sample's
+        # zero padding, and inside a padded batch from the (zero) padding itself.
+        padding_mode = "border" if reflect else "zeros"
+        grid = torch.stack(
+            (src_x.mul_(2 / max(width - 1, 1)).sub_(1), src_y.mul_(2 / max(height - 1, 1)).sub_(1)), dim=-1
+        )  # (N, H, W, 2), align_corners=True coordinates
+        out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=True)
+        if sizes is not None:
+            valid = (ys < h) & (xs < w)  # (N, H, W)
+            out = out * valid.unsqueeze(1).to(out.dtype)
+        return out

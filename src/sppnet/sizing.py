@@ -1,0 +1,288 @@
+"""Size policies: at what size images are stored and batched, epoch by epoch.
+
+Policies (each reproducible from the seed and reshuffled every epoch):
+
+    * ``fixed S``: every image resized to S x S (warped), as Keras' ``image_size=(S, S)`` does.
+    * ``multi S1,S2,...``: one size per epoch, cycling through the list: SPP-net's multi-size
+      training, one set of weights. Images are stored at the largest size and resized per batch.
+    * ``range A:B``: a size drawn uniformly from [A, B] at the start of each epoch.
+    * ``native S``: every image keeps its aspect ratio with its shorter side S, no crop and no
+      warp; the longer side is capped at ``MAX_ASPECT`` x S (a longer image is shrunk further,
+      keeping its aspect ratio). Batches group images of similar shape, are zero-padded to the
+      largest and carry each image's valid size.
+
+A policy says how to store an image (:meth:`SizePolicy.store_size`) and makes an epoch's batches
+from an :class:`~sppnet.data.ImageStore` (:meth:`SizePolicy.batches`). The training loop knows
+nothing about sizes: it takes the batches it is handed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .data import ImageStore
+from .errors import ConfigError
+
+__all__ = ["Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "parse_policy", "padding_overhead"]
+
+#: The longest side a ``native`` image may have, as a multiple of its shorter side S.
+MAX_ASPECT = 2.0
+
+#: Images a ``native`` epoch sorts by shape at a time: larger windows pad less but mix less.
+NATIVE_WINDOW_BATCHES = 16
+
+
+@dataclass
+class Batch:
+    """One batch: uint8 images N x 3 x H x W (zero-padded), valid sizes (N, 2), labels (N,)."""
+
+    images: torch.Tensor
+    sizes: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def padded(self) -> bool:
+        h, w = self.images.shape[-2:]
+        return bool((self.sizes[:, 0] != h).any() or (self.sizes[:, 1] != w).any())
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator that depends only on (seed, epoch), so a resumed run draws the same."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _check_size(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 8:
+        raise ConfigError(f"{what} must be an integer >= 8 (the network's stride), got {value!r}")
+    return value
+
+
+class SizePolicy:
+    """Base class: store at a fixed square size, batch by random permutation."""
+
+    kind = ""
+
+    def store_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) at which to store an image of the given upright size."""
+        raise NotImplementedError
+
+    def epoch_size(self, epoch: int, seed: int) -> int | None:
+        """The square size of this epoch's batches (None: the images' own sizes)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def to_config(self) -> dict:
+        raise NotImplementedError
+
+    def _order(self, store: ImageStore, epoch: int, seed: int, shuffle: bool) -> torch.Tensor:
+        if not shuffle:
+            return torch.arange(len(store))
+        return torch.randperm(len(store), generator=epoch_generator(seed, epoch))
+
+    def batches(
+        self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True
+    ) -> Iterator[Batch]:
+        """Yields the batches of one epoch."""
+        size = self.epoch_size(epoch, seed)
+        order = self._order(store, epoch, seed, shuffle)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            images, sizes = store.gather(idx)
+            if size is not None and tuple(images.shape[-2:]) != (size, size):
+                images = resize_batch(images, size)
+                sizes = torch.full_like(sizes, size)
+            yield Batch(images, sizes, store.labels[idx], idx)
+
+    def num_batches(self, store: ImageStore, batch_size: int) -> int:
+        return math.ceil(len(store) / batch_size)
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resizes a uint8 batch to size x size, bilinear with antialiasing, staying uint8.
+
+    PyTorch has a fast uint8 kernel for channels-last 3-channel images (about 6x faster here
+    than going through float).
+    """
+    images = images.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class Fixed(SizePolicy):
+    """Every image warped to ``size`` x ``size``."""
+
+    kind = "fixed"
+
+    def __init__(self, size: int = 180) -> None:
+        self.size = _check_size(size, "size")
+
+    def store_size(self, width: int, height: int) -> tuple[int, int]:
+        return self.size, self.size
+
+    def epoch_size(self, epoch: int, seed: int) -> int | None:
+        return self.size
+
+    def describe(self) -> str:
+        return f"fixed {self.size}"
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "size": self.size}
+
+
+class Multi(SizePolicy):
+    """One size per epoch, cycling through ``sizes`` (SPP-net multi-size training)."""
+
+    kind = "multi"
+
+    def __init__(self, sizes: tuple[int, ...] = (180, 224)) -> None:
+        sizes = tuple(sizes)
+        if not sizes:
+            raise ConfigError("sizes must name at least one size, e.g. 180,224")
+        self.sizes = tuple(_check_size(s, "every size") for s in sizes)
+
+    def store_size(self, width: int, height: int) -> tuple[int, int]:
+        return max(self.sizes), max(self.sizes)
+
+    def epoch_size(self, epoch: int, seed: int) -> int | None:
+        return self.sizes[epoch % len(self.sizes)]
+
+    def describe(self) -> str:
+        return f"multi {','.join(map(str, self.sizes))}"
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "sizes": list(self.sizes)}
+
+
+class Range(SizePolicy):
+    """A size drawn uniformly from [low, high] for each epoch."""
+
+    kind = "range"
+
+    def __init__(self, low: int = 180, high: int = 224) -> None:
+        self.low = _check_size(low, "the range's lower size")
+        self.high = _check_size(high, "the range's upper size")
+        if self.high < self.low:
+            raise ConfigError(f"size range {low}:{high} is empty; write it as LOW:HIGH, e.g. 180:224")
+
+    def store_size(self, width: int, height: int) -> tuple[int, int]:
+        return self.high, self.high
+
+    def epoch_size(self, epoch: int, seed: int) -> int | None:
+        generator = epoch_generator(seed + 7919, epoch)  # independent of the shuffle's draws
+        return int(torch.randint(self.low, self.high + 1, (1,), generator=generator))
+
+    def describe(self) -> str:
+        return f"range {self.low}:{self.high}"
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "low": self.low, "high": self.high}
+
+
+class Native(SizePolicy):
+    """Each image at its own aspect ratio, shorter side ``size``; shape-grouped padded batches."""
+
+    kind = "native"
+
+    def __init__(self, size: int = 180, max_aspect: float = MAX_ASPECT) -> None:
+        self.size = _check_size(size, "size")
+        if not max_aspect >= 1:
+            raise ConfigError(f"max_aspect must be >= 1, got {max_aspect!r}")
+        self.max_aspect = float(max_aspect)
+
+    def store_size(self, width: int, height: int) -> tuple[int, int]:
+        scale = self.size / min(width, height)
+        longest = self.max_aspect * self.size
+        if max(width, height) * scale > longest:
+            scale = longest / max(width, height)
+        return max(8, round(width * scale)), max(8, round(height * scale))
+
+    def epoch_size(self, epoch: int, seed: int) -> int | None:
+        return None
+
+    def describe(self) -> str:
+        return f"native {self.size}"
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "size": self.size, "max_aspect": self.max_aspect}
+
+    def _groups(self, store: ImageStore, batch_size: int, epoch: int, seed: int, shuffle: bool) -> list[torch.Tensor]:
+        """Indices of each batch: images of similar shape together."""
+        sizes = store.sizes.double()
+        # Sort key: aspect ratio first, then height, so neighbours share both dimensions.
+        key = (sizes[:, 0] / sizes[:, 1]) * 1e6 + sizes[:, 0]
+        if not shuffle:
+            order = torch.argsort(key, stable=True)
+            return list(order.split(batch_size))
+        generator = epoch_generator(seed, epoch)
+        order = torch.randperm(len(store), generator=generator)
+        window = batch_size * NATIVE_WINDOW_BATCHES
+        groups = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            chunk = chunk[torch.argsort(key[chunk], stable=True)]
+            groups += list(chunk.split(batch_size))
+        shuffled = torch.randperm(len(groups), generator=generator).tolist()
+        return [groups[i] for i in shuffled]
+
+    def batches(
+        self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True
+    ) -> Iterator[Batch]:
+        for idx in self._groups(store, batch_size, epoch, seed, shuffle):
+            images, sizes = store.gather(idx)
+            yield Batch(images, sizes, store.labels[idx], idx)
+
+
+def padding_overhead(batches) -> float:
+    """Padded pixels / all pixels over some batches."""
+    padded = valid = 0
+    for batch in batches:
+        h, w = batch.images.shape[-2:]
+        padded += len(batch) * h * w
+        valid += int((batch.sizes[:, 0] * batch.sizes[:, 1]).sum())
+    return (padded - valid) / padded if padded else 0.0
+
+
+def parse_policy(
+    size: int | None = None, sizes: str | None = None, size_range: str | None = None, native: int | None = None
+) -> SizePolicy:
+    """Builds a policy from the command-line options (at most one given; default fixed 180)."""
+    given = [name for name, v in [("--size", size), ("--sizes", sizes), ("--size-range", size_range), ("--native", native)] if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give only one of --size, --sizes, --size-range, --native (got {' and '.join(given)})")
+    if sizes is not None:
+        try:
+            return Multi(tuple(int(s) for s in str(sizes).split(",") if s.strip()))
+        except ValueError:
+            raise ConfigError(f"--sizes must be comma-separated integers like 180,224, got {sizes!r}") from None
+    if size_range is not None:
+        parts = str(size_range).split(":")
+        try:
+            low, high = (int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"--size-range must be LOW:HIGH like 180:224, got {size_range!r}") from None
+        return Range(low, high)
+    if native is not None:
+        return Native(native)
+    return Fixed(180 if size is None else size)
+
+
+def policy_from_config(config: dict) -> SizePolicy:
+    """Rebuilds a policy from :meth:`SizePolicy.to_config`."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    classes = {cls.kind: cls for cls in (Fixed, Multi, Range, Native)}
+    if kind not in classes:
+        raise ConfigError(f"unknown size policy {kind!r}: choose one of {', '.join(classes)}")
+    if kind == "multi":
+        config["sizes"] = tuple(config["sizes"])
+    return classes[kind](**config)
