@@ -240,7 +240,8 @@ def _extract_zip(archive: Path, target: Path) -> None:
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
                     raise DataError(f"{archive}: refusing to extract link {info.filename!r}")
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                # Zip writers often store permission bits only; no file type means a plain file.
+                if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                     raise DataError(f"{archive}: refusing to extract special file {info.filename!r}")
                 if rel is None:
                     continue
