@@ -118,7 +118,8 @@ def _check_dropout(dropout) -> float:
 class FlowerCNN(nn.Module):
     """The study's CNN: rescale, conv blocks, a pooling head, dropout and two dense layers.
 
-    Each block is Conv 3x3 (same padding) + ReLU + MaxPool 2x2 (floor), as in Keras. Weights are
+    Each block is Conv 3x3 (same padding) + ReLU + MaxPool 2x2 (floor), as in Keras (computed
+    as conv, pool, ReLU: the same function, cheaper). Weights are
     initialised like Keras (Glorot-uniform kernels, zero biases) so runs start where the study's did.
 
     Args:
@@ -154,11 +155,15 @@ class FlowerCNN(nn.Module):
         self.stride = 2 ** len(widths)
         blocks, channels = [], 3
         for width in widths:
+            # Keras' Conv2D(activation="relu") then MaxPool2D; ReLU and max pooling commute
+            # (both are monotone), so pooling first computes the same values and gradients with
+            # the ReLU on a map 4x smaller: a large saving on CPU, where these passes are
+            # memory-bound.
             blocks.append(
                 nn.Sequential(
                     nn.Conv2d(channels, width, 3, padding=1),
-                    nn.ReLU(inplace=True),
                     nn.MaxPool2d(2),
+                    nn.ReLU(inplace=True),
                 )
             )
             channels = width
