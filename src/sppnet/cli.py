@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from ._version import __version__
-from .errors import SppnetError
+from .errors import ConfigError, SppnetError
 
 PROG = "sppnet"
 
@@ -92,6 +92,247 @@ def _download_progress():
     return show
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+class ConsoleReporter:
+    """Prints training progress: a bar on a terminal, one Keras-style line per epoch."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+        self.wants_steps = self.stream.isatty()
+        self._bar_shown = False
+
+    def message(self, text: str) -> None:
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def step(self, epoch, epochs, step, steps, loss, accuracy, elapsed) -> None:
+        eta = elapsed / step * (steps - step)
+        filled = int(30 * step / steps)
+        bar = "=" * filled + (">" if filled < 30 else "") + "." * max(0, 29 - filled)
+        print(f"\rEpoch {epoch}/{epochs} {step}/{steps} [{bar}] ETA {eta:4.0f}s - loss: {loss:.4f} - accuracy: {accuracy:.4f}",
+              end="", file=self.stream, flush=True)
+        self._bar_shown = True
+
+    def epoch(self, line: str) -> None:
+        self.message(line)
+
+    def _clear(self) -> None:
+        if self._bar_shown:
+            print("\r\033[K", end="", file=self.stream)
+            self._bar_shown = False
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train a model and write a run folder",
+        description="Train a CNN with an SPP (or Flatten, or GAP) head. The defaults are the study's best setup.",
+        epilog=(
+            "examples:\n"
+            "  sppnet train flowers\n"
+            "  sppnet train ../shared/datasets/flower_photos.tgz --out runs/spp\n"
+            "  sppnet train photos/ --native 180 --epochs 30 --out runs/native\n"
+            "  sppnet train photos/ --out runs/native --resume --epochs 40\n"
+            "  sppnet train flowers --model flatten --out runs/flatten"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data", metavar="DATA", help="folder of class subfolders, archive (.tgz/.tar.gz/.tar/.zip) or 'flowers'")
+    parser.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
+    parser.add_argument("--preset", default="study", help="named recipe (default study: the study's setup)")
+    parser.add_argument("--model", default="spp", help="spp, flatten or gap (default spp)")
+    parser.add_argument("--levels", type=_int_list, default=(1, 2, 4), help="SPP levels (default 1,2,4)")
+    parser.add_argument("--pool", default="max", help="SPP pooling: max or avg (default max)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--size", type=int, help="warp images to SIZE x SIZE (default 180)")
+    sizes.add_argument("--sizes", help="multi-size training, one size per epoch, e.g. 180,224")
+    sizes.add_argument("--size-range", help="a size drawn per epoch from LOW:HIGH, e.g. 180:224")
+    sizes.add_argument("--native", type=int, help="keep aspect ratios, shorter side NATIVE, padded batches")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="random flip, rotation, zoom (default on)")
+    parser.add_argument("--dropout", type=float, default=0.2, help="dropout rate (default 0.2)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    parser.add_argument("--val-split", type=float, default=0.2, help="validation fraction (default 0.2)")
+    parser.add_argument("--seed", type=int, default=123, help="seed (default 123)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    parser.add_argument("--limit", type=int, help="use only the first N images of each subset")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .sizing import parse_policy
+    from .train import TrainConfig, train
+
+    policy = parse_policy(args.size, args.sizes, args.size_range, args.native)
+    config = TrainConfig(
+        data=args.data, out=args.out or f"runs/{args.model}", model=args.model, levels=tuple(args.levels),
+        pool=args.pool, policy=policy.to_config(), augment=args.augment, dropout=args.dropout,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_split=args.val_split,
+        seed=args.seed, device=args.device, limit=args.limit, preset=args.preset,
+    )
+    metrics = train(config, resume=args.resume, reporter=ConsoleReporter())
+    if metrics:
+        print(f"best val_accuracy {metrics['best']['val_accuracy']:.4f} at epoch {metrics['best']['epoch']}; "
+              f"run folder: {config.out}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "evaluate",
+        help="evaluate a run on its validation split",
+        description=(
+            "Loss, accuracy, per-class precision/recall/F1, calibration and a confusion matrix (text and "
+            "PNG) of a run on a validation split. Views: --size S (warped), --native S (each image whole, "
+            "SPP-net's full-image view), --scales S1,S2,... (softmax averaged over sizes)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sppnet evaluate runs/spp\n"
+            "  sppnet evaluate runs/spp --native 180\n"
+            "  sppnet evaluate runs/spp --scales 180,224,256 --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN", help="run folder")
+    parser.add_argument("data", metavar="DATA", nargs="?", help="dataset (default: the run's own)")
+    views = parser.add_mutually_exclusive_group()
+    views.add_argument("--size", type=int, help="warp images to SIZE x SIZE")
+    views.add_argument("--native", type=int, help="whole images, shorter side NATIVE")
+    views.add_argument("--scales", type=_int_list, help="average the softmax over sizes, e.g. 180,224,256")
+    parser.add_argument("--weights", default="best", choices=["best", "last"], help="which weights (default best)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--limit", type=int, help="only the first N validation images")
+    parser.add_argument("--confusion-png", help="where to draw the confusion matrix (default RUN/confusion.png)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluate import evaluate_run
+    from .report import plot_confusion
+
+    evaluation = evaluate_run(args.run_dir, args.data, args.size, args.native, args.scales, args.weights,
+                              args.batch_size, args.device, args.limit)
+    png = Path(args.confusion_png) if args.confusion_png else Path(args.run_dir) / "confusion.png"
+    plot_confusion(evaluation.confusion, evaluation.class_names, png, f"{args.run_dir}: {evaluation.extra['view']}")
+    if args.json:
+        print(json.dumps(evaluation.to_dict(), indent=2))
+    else:
+        print(f"view: {evaluation.extra['view']}, {args.weights} weights")
+        print(evaluation.report())
+        print(f"\nconfusion matrix picture: {png}")
+    for reason in evaluation.extra["skipped_files"]:
+        print(f"skipped: {reason}", file=sys.stderr)
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "predict",
+        help="classify image files with a trained run",
+        description=(
+            "Classify images (files or folders of them). Each image keeps its aspect ratio with its shorter "
+            "side at the run's training size, unless --size warps it to SIZE x SIZE."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sppnet predict runs/spp sunflower.jpg\n"
+            "  sppnet predict runs/spp photos/ --top-k 3\n"
+            "  sppnet predict runs/spp a.jpg b.png --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN", help="run folder")
+    parser.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+")
+    parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead")
+    parser.add_argument("--top-k", type=int, default=None, help="print the K most likely classes")
+    parser.add_argument("--weights", default="best", choices=["best", "last"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import ConfigError, SppnetError
+    from .predict import Predictor, expand_images
+    from .train import resolve_device
+
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k must be an integer >= 1, got {args.top_k}")
+    predictor = Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device))
+    paths = expand_images(args.images)
+    if not paths:
+        raise ConfigError(f"no image files in {' '.join(args.images)}")
+    failed = 0
+    for path in paths:
+        try:
+            result = predictor.predict(path)
+        except SppnetError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(result.to_dict()))
+            continue
+        print(f"{path} ({result.width}x{result.height})")
+        k = args.top_k or len(result.probabilities)
+        probs = result.top(k) if args.top_k else list(result.probabilities.items())
+        print("  " + "  ".join(f"{name}: {p:.4f}" for name, p in probs))
+        print(f"  {result.sentence()}")
+    return 1 if failed else 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from .report import STUDY_VARIANTS
+
+    parser = sub.add_parser(
+        "compare",
+        help="train the study's variants and write a comparison report",
+        description=(
+            "Train the study's matrix (" + ", ".join(STUDY_VARIANTS) + "), each as a resumable run folder "
+            "under --out, and write OUT/report.md and OUT/comparison.png. Finished variants are not retrained."
+        ),
+        epilog="examples:\n  sppnet compare flowers\n  sppnet compare flower_photos.tgz --epochs 5 --variants spp,flatten",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data", metavar="DATA")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--variants", help="comma-separated subset of the variants")
+    parser.add_argument("--limit", type=int, help="only the first N images of each subset")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=123)
+    parser.set_defaults(run=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .report import compare
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    path = compare(args.data, args.out, args.epochs, variants, args.limit, args.device, args.seed, ConsoleReporter())
+    print(path.read_text())
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -100,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_compare(sub)
     _add_data(sub)
     _add_models(sub)
     return parser

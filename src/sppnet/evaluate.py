@@ -1,0 +1,249 @@
+"""Metrics: loss and accuracy, per-class precision/recall/F1, confusion matrix, calibration.
+
+:func:`predict_batches` runs a model over batches and returns the probabilities;
+:func:`summarize_predictions` turns probabilities and labels into every metric sppnet reports.
+Views for testing a trained run (``sppnet evaluate``):
+
+    * fixed size S: each image warped to S x S (the study's view);
+    * native S: each image whole at its own aspect ratio, shorter side S (SPP-net's full-image
+      view), in shape-grouped padded batches;
+    * scales S1,S2,...: the softmax averaged over several fixed sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .sizing import Batch
+
+__all__ = ["predict_batches", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch"]
+
+
+def to_device_batch(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Moves a batch to ``device``: float images (channels last), sizes if padded, labels."""
+    images = batch.images.to(device, non_blocking=True).float()
+    images = images.contiguous(memory_format=torch.channels_last)
+    sizes = batch.sizes.to(device) if batch.padded else None
+    return images, sizes, batch.labels.to(device, non_blocking=True)
+
+
+@torch.inference_mode()
+def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs a model (in eval mode) over batches.
+
+    Returns:
+        probabilities (N, classes), labels (N,) and dataset indices (N,), on the CPU, in batch order.
+    """
+    was_training = model.training
+    model.eval()
+    probs, labels, indices = [], [], []
+    try:
+        for batch in batches:
+            images, sizes, y = to_device_batch(batch, device)
+            logits = model(images, sizes)
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            labels.append(batch.labels)
+            indices.append(batch.indices)
+    finally:
+        model.train(was_training)
+    if not probs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(probs), torch.cat(labels), torch.cat(indices)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: sum over bins of |accuracy - confidence| x share."""
+    if len(confidence) == 0:
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+@dataclass
+class Evaluation:
+    """Every metric of one evaluation.
+
+    Attributes:
+        loss: mean cross-entropy; accuracy: share right.
+        precision, recall, f1, support: per class, in class order.
+        confusion: (classes, classes) counts, rows true class, columns predicted.
+        ece: expected calibration error (15 bins).
+        confidence_right, confidence_wrong: mean top probability on right and wrong answers.
+    """
+
+    class_names: list[str]
+    loss: float
+    accuracy: float
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+    confusion: list[list[int]]
+    ece: float
+    confidence_right: float
+    confidence_wrong: float
+    count: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "ece": self.ece,
+            "confidence_right": self.confidence_right,
+            "confidence_wrong": self.confidence_wrong,
+            "per_class": {
+                name: {"precision": p, "recall": r, "f1": f, "support": s}
+                for name, p, r, f, s in zip(self.class_names, self.precision, self.recall, self.f1, self.support)
+            },
+            "confusion": self.confusion,
+            **self.extra,
+        }
+
+    def report(self) -> str:
+        """A text report: summary line, per-class table and confusion matrix."""
+        width = max(12, *(len(n) for n in self.class_names))
+        lines = [
+            f"{self.count} images - loss: {self.loss:.4f} - accuracy: {self.accuracy:.4f} - "
+            f"ECE: {self.ece:.4f} - mean confidence right: {self.confidence_right:.4f}, wrong: {self.confidence_wrong:.4f}",
+            "",
+            f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
+        ]
+        for name, p, r, f, s in zip(self.class_names, self.precision, self.recall, self.f1, self.support):
+            lines.append(f"{name:<{width}} {p:>9.4f} {r:>9.4f} {f:>9.4f} {s:>8}")
+        lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+        short = [n[:9] for n in self.class_names]
+        lines.append(f"{'':<{width}} " + " ".join(f"{n:>9}" for n in short))
+        for name, row in zip(self.class_names, self.confusion):
+            lines.append(f"{name:<{width}} " + " ".join(f"{v:>9}" for v in row))
+        return "\n".join(lines)
+
+
+def summarize_predictions(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> Evaluation:
+    """Computes all metrics from probabilities (N, classes) and true labels (N,)."""
+    k = len(class_names)
+    n = len(labels)
+    if n == 0:
+        nan = float("nan")
+        return Evaluation(class_names, nan, nan, [nan] * k, [nan] * k, [nan] * k, [0] * k,
+                          [[0] * k for _ in range(k)], nan, nan, nan, 0)
+    probs = probs.double()
+    loss = float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).numpy()
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels.numpy(), predicted.numpy()), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    predicted_count = confusion.sum(0)
+    support = confusion.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted_count > 0, tp / predicted_count, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    conf = confidence.numpy()
+    return Evaluation(
+        class_names=list(class_names),
+        loss=loss,
+        accuracy=float(correct.mean()),
+        precision=precision.tolist(),
+        recall=recall.tolist(),
+        f1=f1.tolist(),
+        support=support.tolist(),
+        confusion=confusion.tolist(),
+        ece=expected_calibration_error(conf, correct.astype(np.float64)),
+        confidence_right=float(conf[correct].mean()) if correct.any() else float("nan"),
+        confidence_wrong=float(conf[~correct].mean()) if (~correct).any() else float("nan"),
+        count=n,
+    )
+
+
+def evaluate_run(
+    run_path,
+    data: str | None = None,
+    size: int | None = None,
+    native: int | None = None,
+    scales: Sequence[int] | None = None,
+    weights: str = "best",
+    batch_size: int = 32,
+    device: str = "auto",
+    limit: int | None = None,
+) -> Evaluation:
+    """Evaluates a run on a validation split under one view.
+
+    Args:
+        run_path: the run folder.
+        data: the dataset; default the run's own data and validation split (its val_split, seed).
+            Another dataset must have the same classes; its validation split is used.
+        size: warp images to size x size. native: whole images, shorter side ``native``.
+        scales: average the softmax over these fixed sizes. At most one of size/native/scales;
+            default: the run's own validation view.
+        weights: ``best`` or ``last``.
+        limit: only the first N validation images.
+
+    Raises:
+        ConfigError, DataError: bad options, missing run, mismatched classes.
+    """
+    from . import data as data_mod
+    from .errors import ConfigError, DataError
+    from .runs import RunFolder
+    from .sizing import Fixed, Native, policy_from_config
+    from .train import resolve_device
+
+    given = [n for n, v in (("--size", size), ("--native", native), ("--scales", scales)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give only one of --size, --native, --scales (got {' and '.join(given)})")
+    if weights not in ("best", "last"):
+        raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
+    run = RunFolder(run_path)
+    config = run.read_config()
+    device_t = resolve_device(device)
+    model = run.load_model(weights, device_t)
+    flatten_size = config["model"].get("input_size")
+    if scales is not None:
+        views = [Fixed(s) for s in scales]
+        if not views:
+            raise ConfigError("--scales must name at least one size, e.g. 180,224,256")
+    elif size is not None:
+        views = [Fixed(size)]
+    elif native is not None:
+        views = [Native(native)]
+    else:
+        views = [policy_from_config(config["eval_policy"])]
+    if flatten_size and any(v.to_config() != Fixed(flatten_size).to_config() for v in views):
+        raise ConfigError(f"this run's flatten model takes {flatten_size}x{flatten_size} images only; use --size {flatten_size}")
+
+    source = data if data is not None else config["data"]["source"]
+    dataset = data_mod.scan(data_mod.locate(source))
+    if dataset.class_names != config["class_names"]:
+        raise DataError(f"{source}: classes {dataset.class_names} differ from the run's {config['class_names']}")
+    _, val = data_mod.split(dataset, config["data"]["val_split"], config["data"]["seed"])
+    if limit:
+        val = val.subset(range(min(limit, len(val))))
+    if len(val) == 0:
+        raise DataError(f"{source}: the validation split is empty")
+    total = None
+    for view in views:
+        store, kept, failures = data_mod.ImageStore.from_dataset(val, view.store_size)
+        probs, labels, indices = predict_batches(model, view.batches(store, batch_size, shuffle=False), device_t)
+        order = torch.argsort(indices)  # native batches are shape-sorted: restore dataset order
+        probs, labels = probs[order], labels[order]
+        total = probs if total is None else total + probs
+    evaluation = summarize_predictions(total / len(views), labels, config["class_names"])
+    evaluation.extra = {
+        "view": " + ".join(v.describe() for v in views),
+        "weights": weights,
+        "skipped_files": [reason for _, reason in failures],
+    }
+    return evaluation

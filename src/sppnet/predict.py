@@ -1,0 +1,162 @@
+"""Classifying image files of any size with a trained run.
+
+    predictor = Predictor.from_run("runs/spp")
+    result = predictor.predict("sunflower.jpg")
+    print(result.sentence())
+    # This image most likely belongs to sunflowers with 98.94 percent confidence.
+
+By default each image keeps its aspect ratio, with its shorter side at the run's training size
+(no crop, no warp: what SPP is for). ``size=S`` warps it to S x S instead (the study's view; the
+only one a ``flatten`` model accepts, at its own size).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import decode_image
+from .errors import ConfigError
+from .runs import RunFolder
+from .sizing import Native
+
+__all__ = ["Prediction", "Predictor", "sentence"]
+
+
+def sentence(class_name: str, confidence: float) -> str:
+    """The study's sentence, with the confidence in percent to two decimals."""
+    return f"This image most likely belongs to {class_name} with {100 * confidence:.2f} percent confidence."
+
+
+@dataclass
+class Prediction:
+    """One image's prediction.
+
+    Attributes:
+        class_name: the most likely class; confidence: its probability.
+        probabilities: every class's probability, in class order.
+        width, height: the size the image was classified at.
+    """
+
+    source: str
+    class_name: str
+    confidence: float
+    probabilities: dict[str, float]
+    width: int
+    height: int
+
+    def sentence(self) -> str:
+        return sentence(self.class_name, self.confidence)
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+
+    def to_dict(self) -> dict:
+        return {
+            "image": self.source, "class": self.class_name, "confidence": self.confidence,
+            "probabilities": self.probabilities, "width": self.width, "height": self.height,
+        }
+
+
+class Predictor:
+    """A trained model ready to classify images.
+
+    Args:
+        model: a model from the flower family (eval mode).
+        class_names: the class of each output.
+        train_size: the run's training size: the shorter side images are scaled to by default.
+        size: if given, images are warped to ``size`` x ``size`` instead.
+        device: where the model runs.
+    """
+
+    def __init__(self, model: torch.nn.Module, class_names: Sequence[str], train_size: int = 180,
+                 size: int | None = None, device: torch.device | str = "cpu") -> None:
+        self.model = model.eval()
+        self.class_names = list(class_names)
+        self.device = torch.device(device)
+        self.train_size = int(train_size)
+        flatten_size = getattr(model, "config", {}).get("input_size")
+        if size is None and flatten_size:
+            size = flatten_size  # a flatten model takes one size only
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
+            raise ConfigError(f"--size must be an integer >= 8, got {size!r}")
+        if size is not None and flatten_size and size != flatten_size:
+            raise ConfigError(f"this run's flatten model takes {flatten_size}x{flatten_size} images only, not --size {size}")
+        self.size = size
+        self._native = Native(self.train_size)
+
+    @classmethod
+    def from_run(cls, path: str | os.PathLike, weights: str = "best", size: int | None = None,
+                 device: str | torch.device = "cpu") -> "Predictor":
+        """Loads a run folder's model (``best`` or ``last`` weights)."""
+        if weights not in ("best", "last"):
+            raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
+        run = RunFolder(path)
+        config = run.read_config()
+        model = run.load_model(weights, device)
+        return cls(model, config["class_names"], config.get("input_size") or 180, size, device)
+
+    def _target(self, width: int, height: int) -> tuple[int, int]:
+        if self.size is not None:
+            return self.size, self.size
+        return self._native.store_size(width, height)
+
+    def prepare(self, image: str | os.PathLike | Image.Image | np.ndarray) -> torch.Tensor:
+        """Decodes (if a path) and resizes one image: float (1, 3, H, W), RGB 0..255."""
+        if isinstance(image, (str, os.PathLike)):
+            pil = decode_image(image, self._target)
+        else:
+            if isinstance(image, np.ndarray):
+                image = Image.fromarray(image)
+            if not isinstance(image, Image.Image):
+                raise ConfigError(f"cannot classify a {type(image).__name__}: give a path, a PIL image or an array")
+            pil = image.convert("RGB")
+            target = self._target(*pil.size)
+            if pil.size != target:
+                pil = pil.resize(target, Image.Resampling.BILINEAR)
+        array = torch.from_numpy(np.array(pil))  # (H, W, 3) uint8
+        return array.permute(2, 0, 1).unsqueeze(0).float().contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, classes) of prepared images."""
+        return torch.softmax(self.model(x.to(self.device)).float(), dim=1).cpu()
+
+    def predict(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Prediction:
+        """Classifies one image (a path, a PIL image or an RGB uint8 array).
+
+        Raises:
+            DataError: naming the file, when it cannot be read or decoded.
+        """
+        x = self.prepare(image)
+        probs = self.probabilities(x)[0]
+        best = int(probs.argmax())
+        source = str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
+        return Prediction(
+            source=source,
+            class_name=self.class_names[best],
+            confidence=float(probs[best]),
+            probabilities={name: float(p) for name, p in zip(self.class_names, probs)},
+            width=int(x.shape[-1]),
+            height=int(x.shape[-2]),
+        )
+
+
+def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively, sorted)."""
+    from .data import IMAGE_EXTENSIONS
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                          and f.name.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            out.append(p)
+    return out

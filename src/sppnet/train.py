@@ -1,0 +1,376 @@
+"""Training: the configuration, the epoch loop, checkpoints and resuming.
+
+``train(TrainConfig(...))`` decodes the data once into memory, builds the model, and runs
+``train_one_epoch`` and a validation pass per epoch, writing the run folder as it goes (see
+:mod:`sppnet.runs`). The loop does not know about image sizes: the size policy hands it batches.
+
+Reproducibility: every random draw of epoch ``e`` (shuffle, augmentation, dropout) comes from
+generators seeded with ``(seed, e)``, so the same seed gives the same numbers on the CPU, and a
+resumed run continues exactly where an uninterrupted one would be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import data as data_mod
+from ._perf import keep_freed_memory
+from ._version import __version__
+from .augment import Augment
+from .errors import ConfigError, DataError
+from .evaluate import predict_batches, summarize_predictions, to_device_batch
+from .models import build_model, count_parameters
+from .runs import RunFolder
+from .sizing import Fixed, Native, SizePolicy, epoch_generator, policy_from_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "PRESETS", "train", "train_one_epoch", "resolve_device", "eval_policy", "model_from_config", "Reporter", "format_epoch_line"]
+
+#: Named recipes. ``study`` is the study's exact setup and the default.
+PRESETS: dict[str, dict[str, Any]] = {
+    "study": {},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in the run folder's config.json.
+
+    The defaults are the study's best setup: the ``spp`` model with levels 1, 2, 4 and max
+    pooling, images warped to 180 x 180, augmentation and dropout 0.2, 20 epochs of Adam at 1e-3
+    with batches of 32, on the Keras-compatible 80/20 split with seed 123.
+    """
+
+    data: str = "flowers"  # folder, archive or known dataset name
+    out: str = "runs/spp"  # the run folder
+    model: str = "spp"  # spp | flatten | gap
+    levels: tuple[int, ...] = (1, 2, 4)  # SPP pyramid (spp only)
+    pool: str = "max"  # SPP pooling: max | avg (spp only)
+    policy: dict = field(default_factory=lambda: Fixed(180).to_config())  # see sizing.parse_policy
+    augment: bool = True  # random flip, rotation 0.1 turn, zoom 0.1 (Keras semantics)
+    dropout: float = 0.2
+    epochs: int = 20
+    batch_size: int = 32  # the global batch size
+    lr: float = 1e-3  # Adam learning rate
+    val_split: float = 0.2
+    seed: int = 123  # split, initialisation, shuffling, augmentation and dropout
+    device: str = "auto"  # auto (CUDA if present) | cpu | cuda
+    limit: int | None = None  # use only the first N images of each subset (quick tries)
+    preset: str = "study"
+
+    def validate(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+
+        for name in ("epochs", "batch_size"):
+            positive_int(name)
+        if self.limit is not None:
+            positive_int("limit")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown --preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        policy = policy_from_config(self.policy)
+        if self.model == "flatten" and not isinstance(policy, Fixed):
+            raise ConfigError(
+                f"--model flatten needs one fixed input size (--size), not {policy.describe()}; "
+                "use --model spp or gap for other size policies"
+            )
+        model_from_config(self, num_classes=2)  # raises for bad model arguments
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["levels"] = list(self.levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "levels" in kwargs:
+            kwargs["levels"] = tuple(kwargs["levels"])
+        return cls(**kwargs)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def eval_policy(policy: SizePolicy) -> SizePolicy:
+    """The validation view of a training policy: native stays native, else the first/lower size."""
+    if isinstance(policy, (Fixed, Native)):
+        return policy
+    cfg = policy.to_config()
+    size = cfg["sizes"][0] if cfg["kind"] == "multi" else cfg["low"]
+    return Fixed(size)
+
+
+def model_from_config(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """Builds the run's model (weights freshly initialised)."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "dropout": config.dropout}
+    if config.model == "spp":
+        kwargs.update(levels=tuple(config.levels), pool=config.pool)
+    elif config.model == "flatten":
+        kwargs.update(input_size=policy_from_config(config.policy).to_config().get("size", 180))
+    return build_model(config.model, **kwargs)
+
+
+class Reporter:
+    """Receives progress from :func:`train`. The default logs one line per epoch."""
+
+    wants_steps = False
+
+    def message(self, text: str) -> None:
+        log.info(text)
+
+    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float, accuracy: float, elapsed: float) -> None:
+        pass
+
+    def epoch(self, line: str) -> None:
+        log.info(line)
+
+
+def format_epoch_line(epoch: int, epochs: int, steps: int, seconds: float, row: dict) -> str:
+    """Keras' epoch line: ``Epoch 3/20 - 92/92 - 21s - 228ms/step - loss: ... - val_accuracy: ...``."""
+    parts = [f"Epoch {epoch}/{epochs}", f"{steps}/{steps}", f"{seconds:.0f}s", f"{1000 * seconds / max(steps, 1):.0f}ms/step"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in row and not math.isnan(row[key]):
+            parts.append(f"{key}: {row[key]:.4f}")
+    return " - ".join(parts)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches,
+    steps: int,
+    device: torch.device,
+    augment: Augment | None,
+    generator: torch.Generator,
+    on_step=None,
+) -> tuple[float, float, int]:
+    """One pass over the training batches.
+
+    Returns:
+        Mean loss, accuracy and the number of images seen.
+    """
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    for step, batch in enumerate(batches, start=1):
+        images, sizes, labels = to_device_batch(batch, device)
+        if augment is not None:
+            images = augment(images, sizes, generator)
+        logits = model(images, sizes)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(labels)
+        seen += n
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(1) == labels).sum()
+        if on_step is not None:
+            on_step(step, float(loss_sum) / seen, int(correct) / seen)
+    if seen == 0:
+        return float("nan"), float("nan"), 0
+    return float(loss_sum) / seen, int(correct) / seen, seen
+
+
+def _prepare(config: TrainConfig, reporter: Reporter):
+    root = data_mod.locate(config.data)
+    dataset = data_mod.scan(root)
+    train_set, val_set = data_mod.split(dataset, config.val_split, config.seed)
+    if config.limit:
+        train_set = train_set.subset(range(min(config.limit, len(train_set))))
+        val_set = val_set.subset(range(min(config.limit, len(val_set))))
+    if len(train_set) == 0:
+        raise DataError(f"{root}: no training images after the split")
+    policy = policy_from_config(config.policy)
+    val_view = eval_policy(policy)
+    start = time.perf_counter()
+    train_store, train_kept, failed = data_mod.ImageStore.from_dataset(train_set, policy.store_size)
+    val_store, val_kept, failed_val = data_mod.ImageStore.from_dataset(val_set, val_view.store_size)
+    failures = failed + failed_val
+    reporter.message(
+        f"Found {len(dataset)} files belonging to {len(dataset.class_names)} classes; using "
+        f"{len(train_kept)} for training and {len(val_kept)} for validation "
+        f"(decoded in {time.perf_counter() - start:.1f}s)"
+    )
+    if failures:
+        reporter.message(f"Skipped {len(failures)} unreadable file(s):")
+        for _, reason in failures:
+            reporter.message(f"  {reason}")
+    if len(train_kept) == 0:
+        raise DataError(f"{root}: none of the training images could be decoded")
+    return root, dataset.class_names, policy, val_view, train_store, val_store, failures
+
+
+def _check_out(run: RunFolder, resume: bool) -> None:
+    if resume:
+        if not run.exists():
+            raise ConfigError(f"--resume: {run.path} holds no run to resume (no config.json)")
+        return
+    if run.exists():
+        raise ConfigError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+    if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+        raise ConfigError(f"--out {run.path} exists and is not an empty folder; choose another --out")
+
+
+def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None = None) -> dict:
+    """Trains a model and writes its run folder.
+
+    Args:
+        config: the run's configuration. With ``resume``, the configuration stored in the run
+            folder is used instead, except ``epochs`` (which may extend the run) and ``device``.
+        resume: continue the run in ``config.out`` from its last finished epoch.
+        reporter: receives progress; default logs one line per epoch.
+
+    Returns:
+        The run's metrics (also in metrics.json).
+
+    Raises:
+        ConfigError, DataError: bad options or data, before anything is written.
+        KeyboardInterrupt: re-raised after the run folder is left consistent (the last finished
+            epoch is saved; ``--resume`` continues from there).
+    """
+    reporter = reporter or Reporter()
+    run = RunFolder(config.out)
+    _check_out(run, resume)
+    if resume:
+        stored = run.read_config()
+        epochs, device_name = config.epochs, config.device
+        config = TrainConfig.from_dict(stored["train"])
+        config.epochs, config.device, config.out = epochs, device_name, str(run.path)
+    config.validate()
+    device = resolve_device(config.device)
+    keep_freed_memory()
+
+    root, class_names, policy, val_view, train_store, val_store, failures = _prepare(config, reporter)
+    if resume and stored.get("class_names") != class_names:
+        raise DataError(f"{root}: classes {class_names} differ from the run's {stored.get('class_names')}")
+
+    torch.manual_seed(config.seed)
+    model = model_from_config(config, len(class_names)).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    augment = Augment() if config.augment else None
+    history: list[dict] = []
+    best = {"epoch": 0, "val_accuracy": -1.0}
+    start_epoch = 0
+    if resume:
+        state = run.load_state()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        history = run.read_history()[:start_epoch]
+        best = {"epoch": int(state["best_epoch"]), "val_accuracy": float(state["best_val_accuracy"])}
+        if start_epoch >= config.epochs:
+            reporter.message(f"{run.path}: already trained for {start_epoch} epochs (asked for {config.epochs})")
+    run_config = {
+        "train": config.to_dict(),
+        "model": model.config,
+        "class_names": class_names,
+        "policy": policy.to_config(),
+        "eval_policy": val_view.to_config(),
+        "input_size": policy.to_config().get("size") or val_view.to_config().get("size"),
+        "data": {"source": str(config.data), "root": str(root), "val_split": config.val_split, "seed": config.seed},
+        "versions": {"sppnet": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    run.write_json("config.json", run_config)
+    reporter.message(
+        f"Training {config.model} ({count_parameters(model):,} parameters) on {device}, "
+        f"{policy.describe()}, {len(train_store)} images, batch {config.batch_size}, epochs "
+        f"{start_epoch + 1}..{config.epochs} -> {run.path}"
+    )
+
+    steps = policy.num_batches(train_store, config.batch_size)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(config.seed * 1_000_003 + epoch + 1)  # dropout draws of this epoch
+            generator = epoch_generator(config.seed + 104_729, epoch)  # augmentation draws
+            batches = policy.batches(train_store, config.batch_size, epoch=epoch, seed=config.seed)
+
+            def on_step(step, loss, acc, _epoch=epoch, _t0=t0):
+                reporter.step(_epoch + 1, config.epochs, step, steps, loss, acc, time.perf_counter() - _t0)
+
+            loss, acc, _ = train_one_epoch(
+                model, optimizer, batches, steps, device, augment, generator,
+                on_step if reporter.wants_steps else None,
+            )
+            train_seconds = time.perf_counter() - t0
+            probs, labels, _ = predict_batches(model, val_view.batches(val_store, config.batch_size, shuffle=False), device)
+            evaluation = summarize_predictions(probs, labels, class_names)
+            seconds = time.perf_counter() - t0
+            row = {
+                "epoch": epoch + 1, "loss": loss, "accuracy": acc,
+                "val_loss": evaluation.loss, "val_accuracy": evaluation.accuracy, "seconds": seconds,
+            }
+            history.append(row)
+            _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_seconds, len(train_store), failures)
+            reporter.epoch(format_epoch_line(epoch + 1, config.epochs, steps, seconds, row))
+    except KeyboardInterrupt:
+        done = history[-1]["epoch"] if history else start_epoch
+        reporter.message(f"Interrupted: {run.path} holds {done} finished epoch(s); continue with --resume")
+        raise
+    metrics = run.read_json("metrics.json") if run.file("metrics.json").is_file() else {}
+    return metrics
+
+
+def _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_seconds, n_train, failures) -> None:
+    """Writes an epoch's results. state.pt goes last: it marks the epoch as finished."""
+    from .report import plot_curves
+
+    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    run.save_weights("last", state_dict)
+    if row["val_accuracy"] > best["val_accuracy"] or best["epoch"] == 0:
+        best.update(epoch=row["epoch"], val_accuracy=row["val_accuracy"])
+        run.save_weights("best", state_dict)
+    run.write_history(history)
+    epoch_seconds = [r["seconds"] for r in history]
+    metrics = {
+        "epochs": row["epoch"],
+        "final": {k: row[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+        "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+                 "val_loss": history[best["epoch"] - 1]["val_loss"]},
+        "validation": {k: v for k, v in evaluation.to_dict().items() if k not in ("per_class", "confusion")},
+        "seconds_per_epoch_median": statistics.median(epoch_seconds),
+        "train_images_per_second_last_epoch": n_train / train_seconds if train_seconds > 0 else None,
+        "parameters": count_parameters(model),
+        "skipped_files": [reason for _, reason in failures],
+    }
+    run.write_json("metrics.json", metrics)
+    try:
+        plot_curves(history, run.file("curves.png"))
+    except ImportError:
+        log.warning("matplotlib is not installed: no curves.png")
+    run.save_state({
+        "model": state_dict,
+        "optimizer": optimizer.state_dict(),
+        "epoch": row["epoch"],
+        "best_epoch": best["epoch"],
+        "best_val_accuracy": best["val_accuracy"],
+        "torch_rng": torch.get_rng_state(),
+    })
