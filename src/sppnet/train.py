@@ -279,7 +279,10 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
     history: list[dict] = []
     best = {"epoch": 0, "val_accuracy": -1.0}
     start_epoch = 0
-    if resume:
+    if resume and not run.file("state.pt").is_file():
+        # Killed before the first epoch was finished: nothing to continue, start in place.
+        reporter.message(f"{run.path}: no finished epoch to resume; starting from epoch 1")
+    elif resume:
         state = run.load_state()
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,286 @@
+"""The main job end to end on tiny generated datasets: train, resume, evaluate, predict."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sppnet.cli import main
+from sppnet.evaluate import expected_calibration_error, summarize_predictions
+from sppnet.predict import Predictor
+from sppnet.runs import RunFolder
+from sppnet.train import Reporter, TrainConfig, train
+
+from conftest import make_dataset, write_image
+
+FAST = ["--size", "32", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds", {"amber": 12, "jade": 10, "sky": 8}, size=(48, 36), vary=True)
+
+
+@pytest.fixture(scope="module")
+def trained_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", str(dataset), "--out", str(out), "--epochs", "2", *FAST]) == 0
+    return out
+
+
+def history_without_seconds(run):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in RunFolder(run).read_history()]
+
+
+def test_run_folder_is_complete(trained_run, dataset):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "best.safetensors", "last.safetensors", "history.csv", "curves.png", "metrics.json", "state.pt"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["class_names"] == ["amber", "jade", "sky"]
+    assert config["model"]["name"] == "spp" and config["policy"] == {"kind": "fixed", "size": 32}
+    assert config["versions"]["torch"] == torch.__version__
+    assert config["train"]["seed"] == 123 and config["data"]["val_split"] == 0.2
+    history = RunFolder(trained_run).read_history()
+    assert [r["epoch"] for r in history] == [1, 2]
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["parameters"] == 196_131
+    assert metrics["final"]["val_accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+    weights = load_file(trained_run / "last.safetensors")
+    assert set(weights) == set(RunFolder(trained_run).load_model("last").state_dict())
+    assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(trained_run / "state.pt", weights_only=True)
+    assert state["epoch"] == 2
+
+
+def test_training_learns_the_tiny_dataset(trained_run):
+    history = RunFolder(trained_run).read_history()
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_same_seed_gives_the_same_history(trained_run, dataset, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", str(dataset), "--out", str(again), "--epochs", "2", *FAST]) == 0
+    assert history_without_seconds(again) == history_without_seconds(trained_run)
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(dataset, tmp_path):
+    full = tmp_path / "full"
+    args = ["train", str(dataset), "--epochs", "4", "--size", "64", "--batch-size", "4"]
+    assert main([*args, "--out", str(full)]) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sppnet", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(RunFolder(killed).read_history()) < 1:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(RunFolder(killed).read_history())
+    assert 1 <= done < 4, "the kill should land between the first and the last epoch"
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+    assert history_without_seconds(killed) == history_without_seconds(full)
+    assert RunFolder(killed).load_weights("last").keys() == RunFolder(full).load_weights("last").keys()
+    for k, v in RunFolder(full).load_weights("last").items():
+        torch.testing.assert_close(RunFolder(killed).load_weights("last")[k], v)
+
+
+class InterruptAt(Reporter):
+    wants_steps = True
+
+    def __init__(self, epoch):
+        self.at = epoch
+
+    def step(self, epoch, epochs, step, steps, loss, accuracy, elapsed):
+        if epoch == self.at and step == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_leaves_a_consistent_run_that_resumes(dataset, tmp_path):
+    config = TrainConfig(data=str(dataset), out=str(tmp_path / "run"), epochs=3, batch_size=8,
+                         policy={"kind": "fixed", "size": 32})
+    with pytest.raises(KeyboardInterrupt):
+        train(config, reporter=InterruptAt(2))
+    assert len(RunFolder(config.out).read_history()) == 1
+    assert torch.load(Path(config.out) / "state.pt", weights_only=True)["epoch"] == 1
+    train(config, resume=True)
+    reference = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "reference")})
+    train(reference)
+    assert history_without_seconds(config.out) == history_without_seconds(reference.out)
+
+
+def test_resume_can_extend_a_finished_run(trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    assert main(["train", "unused-when-resuming", "--out", str(copy), "--resume", "--epochs", "3"]) == 0
+    assert [r["epoch"] for r in RunFolder(copy).read_history()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--native", "32"], ["--sizes", "24,32"], ["--size-range", "24:32"], ["--model", "gap"], ["--model", "flatten"],
+     ["--no-augment", "--dropout", "0", "--levels", "1,2", "--pool", "avg"]],
+)
+def test_other_models_and_size_policies_train(dataset, tmp_path, extra):
+    args = ["train", str(dataset), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8"]
+    if not any(a in extra for a in ("--native", "--sizes", "--size-range")):
+        args += ["--size", "32"]
+    assert main(args + extra) == 0
+    history = RunFolder(tmp_path / "run").read_history()
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# predict and evaluate
+
+
+def test_predict_prints_probabilities_and_the_sentence(trained_run, dataset, capsys):
+    image = dataset / "amber" / "img_000.jpg"
+    assert main(["predict", str(trained_run), str(image)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"This image most likely belongs to (amber|jade|sky) with \d+\.\d\d percent confidence\.", out)
+    assert "amber: 0." in out and "jade: 0." in out
+
+
+def test_predict_json_and_top_k(trained_run, dataset, capsys):
+    assert main(["predict", str(trained_run), str(dataset / "sky"), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8
+    result = json.loads(lines[0])
+    assert set(result) == {"image", "class", "confidence", "probabilities", "width", "height"}
+    assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert main(["predict", str(trained_run), str(dataset / "sky" / "img_000.jpg"), "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.count(": 0.") == 1
+
+
+def test_predict_bad_file_gets_one_line_and_the_rest_are_predicted(trained_run, dataset, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    good = dataset / "jade" / "img_001.jpg"
+    assert main(["predict", str(trained_run), str(bad), str(good), str(tmp_path / "missing.png")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 2 and "broken.jpg" in captured.err and "missing.png: no such file" in captured.err
+    assert "Traceback" not in captured.err
+    assert "This image most likely belongs to" in captured.out
+
+
+def test_predictor_keeps_the_aspect_ratio(trained_run, tmp_path):
+    predictor = Predictor.from_run(trained_run)
+    image = write_image(tmp_path / "wide.png", (120, 60))
+    result = predictor.predict(image)
+    assert (result.width, result.height) == (64, 32)  # shorter side = training size 32
+    assert result.sentence() == f"This image most likely belongs to {result.class_name} with {100 * result.confidence:.2f} percent confidence."
+    warped = Predictor.from_run(trained_run, size=40).predict(image)
+    assert (warped.width, warped.height) == (40, 40)
+    array = np.zeros((50, 70, 3), np.uint8)
+    assert Predictor.from_run(trained_run).predict(array).height == 32
+
+
+def test_evaluate_views(trained_run, capsys):
+    assert main(["evaluate", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "view: fixed 32" in out and "accuracy" in out and "confusion matrix" in out
+    assert (trained_run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    for view in (["--native", "32"], ["--scales", "24,32,40"], ["--size", "40"]):
+        assert main(["evaluate", str(trained_run), "--json", *view]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["count"] == 6 and 0 <= result["accuracy"] <= 1
+        assert sum(map(sum, result["confusion"])) == 6
+    assert main(["evaluate", str(trained_run), "--native", "32", "--json"]) == 0
+    native = json.loads(capsys.readouterr().out)
+    assert native["view"] == "native 32"
+
+
+def test_metrics_on_a_hand_made_example():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    labels = torch.tensor([0, 1, 1, 1])
+    ev = summarize_predictions(probs, labels, ["a", "b"])
+    assert ev.accuracy == 0.75 and ev.confusion == [[1, 0], [1, 2]]
+    assert ev.precision == pytest.approx([0.5, 1.0]) and ev.recall == pytest.approx([1.0, 2 / 3])
+    assert ev.f1 == pytest.approx([2 / 3, 0.8])
+    assert ev.loss == pytest.approx(-np.log([0.9, 0.4, 0.7, 0.8]).mean())
+    assert ev.confidence_right == pytest.approx((0.9 + 0.7 + 0.8) / 3) and ev.confidence_wrong == pytest.approx(0.6)
+    # Bins of width 1/15: 0.6 alone (wrong), 0.7 alone, 0.8 alone, 0.9 alone (right).
+    assert ev.ece == pytest.approx((0.6 + 0.3 + 0.2 + 0.1) / 4)
+    assert expected_calibration_error(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one line, nothing lost
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "{data}", "--out", "{run}"], "already holds a run; pass --resume"),
+        (["train", "{data}", "--out", "{tmp}/nothing", "--resume"], "holds no run to resume"),
+        (["train", "{data}", "--out", "{tmp}/x", "--model", "flatten", "--native", "32"], "--model flatten needs one fixed input size"),
+        (["train", "{data}", "--out", "{tmp}/x", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+        (["train", "{data}", "--out", "{tmp}/x", "--model", "spq"], "unknown model 'spq'"),
+        (["train", "{data}", "--out", "{tmp}/x", "--pool", "mean"], "mode must be one of max, avg"),
+        (["train", "{data}", "--out", "{tmp}/x", "--size", "4"], "size must be an integer >= 8"),
+        (["train", "{data}", "--out", "{tmp}/x", "--preset", "magic"], "unknown --preset 'magic'"),
+        (["train", "{tmp}/no-such-data", "--out", "{tmp}/x"], "no-such-data: no such folder or archive"),
+        (["predict", "{tmp}/no-run", "{data}/amber/img_000.jpg"], "no-run: no such run folder"),
+        (["predict", "{run}", "{data}/amber/img_000.jpg", "--top-k", "0"], "--top-k must be an integer >= 1"),
+        (["evaluate", "{run}", "--size", "4"], "size must be an integer >= 8"),
+        (["evaluate", "{run}", "{tmp}/other"], "classes ['x', 'y'] differ from the run's"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(args, message, trained_run, dataset, tmp_path, capsys):
+    make_dataset(tmp_path / "other", {"x": 3, "y": 3}, size=(16, 16))
+    fill = {"data": str(dataset), "run": str(trained_run), "tmp": str(tmp_path)}
+    before = {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()}
+    code, err = run_cli([a.format(**fill) for a in args], capsys)
+    assert code == 2
+    assert err.startswith("sppnet: error: ") and message in err and "\n" not in err
+    assert {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir() if p.name in before} == before
+
+
+def test_device_cuda_without_cuda_is_refused(dataset, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = run_cli(["train", str(dataset), "--out", str(tmp_path / "x"), "--device", "cuda"], capsys)
+    assert code == 2 and "no CUDA device is available" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_corrupt_state_and_weights_get_one_line(trained_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    (copy / "state.pt").write_bytes(b"not a checkpoint")
+    code, err = run_cli(["train", "x", "--out", str(copy), "--resume", "--epochs", "3"], capsys)
+    assert code == 2 and "state.pt: cannot read training state" in err
+    (copy / "best.safetensors").write_bytes(b"\x00" * 20)
+    code, err = run_cli(["predict", str(copy), str(trained_run / "curves.png")], capsys)
+    assert code == 2 and "best.safetensors: cannot read weights" in err
+
+
+def test_resume_before_any_finished_epoch_starts_over(trained_run, dataset, tmp_path):
+    # Regression: a kill after history.csv but before state.pt of epoch 1 made --resume fail.
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    (copy / "state.pt").unlink()
+    assert main(["train", "x", "--out", str(copy), "--resume"]) == 0
+    assert history_without_seconds(copy) == history_without_seconds(trained_run)
