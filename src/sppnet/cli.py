@@ -159,7 +159,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     sizes.add_argument("--native", type=int, help="keep aspect ratios, shorter side NATIVE, padded batches")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="random flip, rotation, zoom (default on)")
     parser.add_argument("--dropout", type=float, default=0.2, help="dropout rate (default 0.2)")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 20; with --resume, the run's own)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
     parser.add_argument("--val-split", type=float, default=0.2, help="validation fraction (default 0.2)")

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "PRESETS", "train", "train_one_epoch", "resolve_device", "eval_policy", "model_from_config", "Reporter", "format_epoch_line"]
 
+DEFAULT_EPOCHS = 20
+
 #: Named recipes. ``study`` is the study's exact setup and the default.
 PRESETS: dict[str, dict[str, Any]] = {
     "study": {},
@@ -61,7 +63,7 @@ class TrainConfig:
     policy: dict = field(default_factory=lambda: Fixed(180).to_config())  # see sizing.parse_policy
     augment: bool = True  # random flip, rotation 0.1 turn, zoom 0.1 (Keras semantics)
     dropout: float = 0.2
-    epochs: int = 20
+    epochs: int | None = DEFAULT_EPOCHS  # None when resuming: the run's own count
     batch_size: int = 32  # the global batch size
     lr: float = 1e-3  # Adam learning rate
     val_split: float = 0.2
@@ -244,7 +246,8 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
 
     Args:
         config: the run's configuration. With ``resume``, the configuration stored in the run
-            folder is used instead, except ``epochs`` (which may extend the run) and ``device``.
+            folder is used instead, except ``device`` and ``epochs`` (if not None, it may extend
+            the run).
         resume: continue the run in ``config.out`` from its last finished epoch.
         reporter: receives progress; default logs one line per epoch.
 
@@ -263,7 +266,12 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
         stored = run.read_config()
         epochs, device_name = config.epochs, config.device
         config = TrainConfig.from_dict(stored["train"])
-        config.epochs, config.device, config.out = epochs, device_name, str(run.path)
+        config.out = str(run.path)
+        config.device = device_name
+        if epochs is not None:  # else keep the run's own epoch count
+            config.epochs = epochs
+    elif config.epochs is None:
+        config.epochs = DEFAULT_EPOCHS
     config.validate()
     device = resolve_device(config.device)
     keep_freed_memory()
