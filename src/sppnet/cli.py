@@ -254,12 +254,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  sppnet predict runs/spp sunflower.jpg\n"
             "  sppnet predict runs/spp photos/ --top-k 3\n"
-            "  sppnet predict runs/spp a.jpg b.png --json"
+            "  sppnet predict runs/spp a.jpg b.png --json\n"
+            "  sppnet predict --onnx spp.onnx sunflower.jpg"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN", help="run folder")
-    parser.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+")
+    parser.add_argument("run_dir", metavar="RUN", help="run folder (omitted with --onnx)")
+    parser.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="*")
+    parser.add_argument("--onnx", metavar="FILE", help="classify with an exported ONNX model through onnxruntime instead of a run")
     parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead")
     parser.add_argument("--top-k", type=int, default=None, help="print the K most likely classes")
     parser.add_argument("--weights", default="best", choices=["best", "last"])
@@ -277,10 +279,17 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be an integer >= 1, got {args.top_k}")
-    predictor = Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device))
-    paths = expand_images(args.images)
+    if args.onnx:
+        predictor = Predictor.from_onnx(args.onnx, args.size)
+        images = [args.run_dir, *args.images]
+    else:
+        if not args.images:
+            raise ConfigError("give a run folder and at least one image: sppnet predict RUN IMAGE_OR_FOLDER...")
+        predictor = Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device))
+        images = args.images
+    paths = expand_images(images)
     if not paths:
-        raise ConfigError(f"no image files in {' '.join(args.images)}")
+        raise ConfigError(f"no image files in {' '.join(map(str, images))}")
     failed = 0
     for path in paths:
         try:
@@ -333,6 +342,63 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="export a run's model to ONNX (dynamic height and width) or TorchScript",
+        description=(
+            "Export a run's model with dynamic batch, height and width. The file takes float RGB 0..255 "
+            "N x 3 x H x W and returns logits and probabilities; class names and the training size go into "
+            "its metadata. After writing, the export is compared with PyTorch on several sizes "
+            "(onnxruntime for ONNX) and the largest difference is printed. ONNX needs "
+            "pip install 'sppnet[export]'."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sppnet export runs/spp --onnx spp.onnx\n"
+            "  sppnet export runs/spp --torchscript spp.pt\n"
+            "  sppnet export runs/spp --onnx spp.onnx --opset 20 --no-check"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN", help="run folder")
+    parser.add_argument("--onnx", metavar="FILE", help="write an ONNX model")
+    parser.add_argument("--torchscript", metavar="FILE", help="write a TorchScript module")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--weights", default="best", choices=["best", "last"])
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
+                        help="compare the export with PyTorch (default: on; for ONNX when onnxruntime is installed)")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from . import export
+    from .runs import RunFolder
+
+    if not args.onnx and not args.torchscript:
+        raise ConfigError("say what to write: --onnx FILE and/or --torchscript FILE")
+    run = RunFolder(args.run_dir)
+    config = run.read_config()
+    model = run.load_model(args.weights, "cpu")
+    size = config.get("input_size") or 180
+    if args.onnx:
+        path = export.export_onnx(model, args.onnx, config["class_names"], size, args.opset)
+        print(f"wrote {path} (dynamic batch, height and width; opset {args.opset})")
+        check = args.check if args.check is not None else importlib.util.find_spec("onnxruntime") is not None
+        if check:
+            diff = export.check_onnx(model, path, size)
+            print(f"onnxruntime vs PyTorch, largest logit difference: {diff:.2e}")
+    if args.torchscript:
+        path = export.export_torchscript(model, args.torchscript, size)
+        print(f"wrote {path}")
+        if args.check is not False:
+            diff = export.check_torchscript(model, path, size)
+            print(f"TorchScript vs PyTorch, largest logit difference: {diff:.2e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -345,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_compare(sub)
+    _add_export(sub)
     _add_data(sub)
     _add_models(sub)
     return parser

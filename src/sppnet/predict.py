@@ -102,6 +102,14 @@ class Predictor:
         model = run.load_model(weights, device)
         return cls(model, config["class_names"], config.get("input_size") or 180, size, device)
 
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, size: int | None = None) -> "Predictor":
+        """Classifies with an ONNX file exported by sppnet, through onnxruntime (CPU)."""
+        from .export import OnnxModel
+
+        model = OnnxModel(path)
+        return cls(model, model.class_names, model.input_size, size, "cpu")
+
     def _target(self, width: int, height: int) -> tuple[int, int]:
         if self.size is not None:
             return self.size, self.size

@@ -1,0 +1,247 @@
+"""Export to ONNX (dynamic batch, height and width) and TorchScript, verified after writing.
+
+PyTorch's adaptive pooling cannot be exported to ONNX when the input size is symbolic, so the
+usual SPP layers export at one fixed size only. sppnet's pooling computes its bins from the
+(symbolic) height and width with ordinary tensor operations while being exported, so the whole
+network exports with any N, H and W >= its stride.
+
+The exported graph takes float RGB values 0..255, N x 3 x H x W (input ``image``), and returns
+``logits`` and ``probabilities`` (N x classes). Class names, the training size and the model
+name are stored in the ONNX model's metadata (``class_names`` as JSON, ``input_size``,
+``model``, ``sppnet_version``).
+
+ONNX needs the optional extra: ``pip install 'sppnet[export]'`` (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._version import __version__
+from .errors import ConfigError, SppnetError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_onnx", "export_torchscript", "check_onnx", "check_torchscript", "OnnxModel", "ExportError"]
+
+#: Sizes (height, width) an export is checked at, besides the training size.
+CHECK_SIZES = ((8, 8), (37, 53), (180, 180), (240, 320), (333, 500), (1024, 768))
+DEFAULT_OPSET = 18
+
+
+class ExportError(SppnetError):
+    """An export failed, or its check found a difference."""
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ExportError(
+            f"this needs the {module} package: install the export extra with pip install 'sppnet[export]'"
+        ) from None
+
+
+class _WithProbabilities(nn.Module):
+    """The model with a softmax output beside the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(image)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def _check_sizes(model: nn.Module, input_size: int) -> list[tuple[int, int]]:
+    fixed = getattr(model, "config", {}).get("input_size")
+    if fixed:
+        return [(fixed, fixed)]
+    stride = getattr(model, "stride", 8)
+    return sorted({(input_size, input_size), *((h, w) for h, w in CHECK_SIZES if min(h, w) >= stride)})
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    input_size: int = 180,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Writes an ONNX model with dynamic batch, height and width.
+
+    Args:
+        model: a model of the flower family (put in eval mode, on the CPU, for the export).
+        path: the .onnx file to write (atomically: a failed export leaves no file).
+        class_names: stored in the metadata; default ``class_0``, ``class_1``, ...
+        input_size: the training size, stored in the metadata and used for the example input.
+        opset: ONNX opset version (>= 18; default 18).
+
+    Raises:
+        ExportError: onnx is not installed, or the exporter failed.
+    """
+    onnx = _require("onnx")
+    _require("onnxscript")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 18:
+        raise ConfigError(f"--opset must be an integer >= 18, got {opset!r}")
+    path = Path(path)
+    model = model.to("cpu").eval()
+    wrapper = _WithProbabilities(model)
+    fixed = getattr(model, "config", {}).get("input_size")
+    size = fixed or input_size
+    example = torch.rand(2, 3, size, size) * 255
+    if fixed:
+        dynamic = ({0: torch.export.Dim("batch")},)
+    else:
+        stride = getattr(model, "stride", 8)
+        dynamic = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=stride),
+                    3: torch.export.Dim("width", min=stride)},)
+    tmp = _atomic_target(path)
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)  # the exporter logs optional-package notices as warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, (example,), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
+                input_names=["image"], output_names=["logits", "probabilities"], verbose=False,
+            )
+        proto = program.model_proto
+        names = list(class_names) if class_names else [f"class_{i}" for i in range(model.classifier[-1].out_features)]
+        metadata = {
+            "class_names": json.dumps(names),
+            "input_size": str(size),
+            "model": json.dumps(getattr(model, "config", {})),
+            "sppnet_version": __version__,
+        }
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    except SppnetError:
+        raise
+    except Exception as err:  # the exporters raise many types; report them as one line
+        raise ExportError(f"ONNX export to {path} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+    finally:
+        onnx_log.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: int = 180, batch_sizes: Sequence[int] = (1, 3)) -> float:
+    """Runs the ONNX file with onnxruntime against PyTorch on several sizes.
+
+    Returns:
+        The largest absolute difference of the logits.
+    """
+    _require("onnxruntime")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _compare(model, lambda x: session.run(["logits"], {"image": x.numpy()})[0], input_size, batch_sizes)
+
+
+def _compare(model: nn.Module, run, input_size: int, batch_sizes: Sequence[int]) -> float:
+    model = model.to("cpu").eval()
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for h, w in _check_sizes(model, input_size):
+        for n in batch_sizes:
+            x = torch.rand(n, 3, h, w, generator=generator) * 255
+            with torch.inference_mode():
+                expected = model(x).numpy()
+            got = np.asarray(run(x))
+            if got.shape != expected.shape:
+                raise ExportError(f"exported model gave shape {got.shape} for input {tuple(x.shape)}, expected {expected.shape}")
+            worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: int = 180) -> Path:
+    """Writes a traced TorchScript module returning (logits, probabilities); any N, H, W.
+
+    Class names and the training size are stored as the module's extra file ``sppnet.json``.
+    """
+    path = Path(path)
+    model = model.to("cpu").eval()
+    fixed = getattr(model, "config", {}).get("input_size")
+    size = fixed or input_size
+    tmp = _atomic_target(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_WithProbabilities(model), torch.rand(2, 3, size, size) * 255)
+        extra = {"sppnet.json": json.dumps({"input_size": size, "model": getattr(model, "config", {}), "sppnet_version": __version__})}
+        torch.jit.save(traced, str(tmp), _extra_files=extra)
+        os.replace(tmp, path)
+    except Exception as err:
+        raise ExportError(f"TorchScript export to {path} failed: {type(err).__name__}: {err}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def check_torchscript(model: nn.Module, path: str | os.PathLike, input_size: int = 180, batch_sizes: Sequence[int] = (1, 3)) -> float:
+    """Loads a TorchScript file and compares it with PyTorch; returns the largest difference."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still supported
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    return _compare(model, lambda x: loaded(x)[0].detach().numpy(), input_size, batch_sizes)
+
+
+class OnnxModel(nn.Module):
+    """An exported ONNX model run by onnxruntime, usable where sppnet expects a model.
+
+    ``forward(x)`` returns the logits as a tensor. ``class_names``, ``input_size`` and
+    ``config`` come from the file's metadata.
+
+    Raises:
+        ExportError: onnxruntime is missing, or the file is missing or not an sppnet export.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        _require("onnxruntime")
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"{path}: no such ONNX file")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ExportError(f"{path}: cannot load ONNX model ({type(err).__name__})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.class_names = json.loads(meta["class_names"])
+            self.input_size = int(meta["input_size"])
+            self.config = json.loads(meta.get("model", "{}"))
+        except (KeyError, ValueError):
+            raise ExportError(f"{path}: not an ONNX model exported by sppnet (metadata missing)") from None
+
+    def forward(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        if sizes is not None:
+            raise ExportError("the ONNX model takes one image size per batch (no padded batches)")
+        image = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(["logits"], {"image": image})[0])
