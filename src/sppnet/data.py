@@ -13,6 +13,7 @@ Cache: downloads and extracted archives live under ``$SPPNET_HOME`` if set, else
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -621,6 +622,40 @@ class ImageStore:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def share(self, path: Path) -> None:
+        """Writes the images to one flat file (for :meth:`attach` by other processes)."""
+        path = Path(path)
+        meta = {"labels": self.labels.tolist(), "sizes": self.sizes.tolist(), "stacked": self.stacked is not None}
+        with open(path, "wb") as f:
+            if self.stacked is not None:
+                f.write(self.stacked.numpy().tobytes())
+            else:
+                for image in self.images:
+                    f.write(image.numpy().tobytes())
+        Path(f"{path}.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def attach(cls, path: Path) -> "ImageStore":
+        """Maps a file written by :meth:`share`: the processes of one machine share its pages."""
+        path = Path(path)
+        meta = json.loads(Path(f"{path}.json").read_text())
+        sizes = torch.tensor(meta["sizes"], dtype=torch.long).reshape(-1, 2)
+        total = int((sizes[:, 0] * sizes[:, 1]).sum()) * 3
+        flat = torch.from_file(str(path), shared=True, size=total, dtype=torch.uint8) if total else torch.empty(0, dtype=torch.uint8)
+        store = cls.__new__(cls)
+        store.labels = torch.tensor(meta["labels"], dtype=torch.long)
+        store.sizes = sizes
+        store.stacked, store.images = None, []
+        if meta["stacked"] and len(sizes):
+            h, w = sizes[0].tolist()
+            store.stacked = flat.view(len(sizes), h, w, 3)
+        else:
+            offset = 0
+            for h, w in sizes.tolist():
+                store.images.append(flat[offset : offset + h * w * 3].view(h, w, 3))
+                offset += h * w * 3
+        return store
 
     @property
     def nbytes(self) -> int:

@@ -45,6 +45,7 @@ class Batch:
     sizes: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
+    global_size: int = 0  # images in the global batch this (rank's) batch is part of; 0: len(self)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,27 +86,51 @@ class SizePolicy:
     def to_config(self) -> dict:
         raise NotImplementedError
 
-    def _order(self, store: ImageStore, epoch: int, seed: int, shuffle: bool) -> torch.Tensor:
+    def index_batches(self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0,
+                      shuffle: bool = True) -> list[torch.Tensor]:
+        """The store indices of each (global) batch of one epoch, in order."""
         if not shuffle:
-            return torch.arange(len(store))
-        return torch.randperm(len(store), generator=epoch_generator(seed, epoch))
+            order = torch.arange(len(store))
+        else:
+            order = torch.randperm(len(store), generator=epoch_generator(seed, epoch))
+        return list(order.split(batch_size))
+
+    def make_batch(self, store: ImageStore, indices: torch.Tensor, epoch: int = 0, seed: int = 0) -> Batch:
+        """Assembles the images at ``indices`` at this epoch's size."""
+        size = self.epoch_size(epoch, seed)
+        images, sizes = store.gather(indices)
+        if size is not None and tuple(images.shape[-2:]) != (size, size):
+            images = resize_batch(images, size)
+            sizes = torch.full_like(sizes, size)
+        return Batch(images, sizes, store.labels[indices], indices)
 
     def batches(
-        self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True
+        self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True,
+        rank: int = 0, world_size: int = 1, drop_incomplete: bool = True,
     ) -> Iterator[Batch]:
-        """Yields the batches of one epoch."""
-        size = self.epoch_size(epoch, seed)
-        order = self._order(store, epoch, seed, shuffle)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            images, sizes = store.gather(idx)
-            if size is not None and tuple(images.shape[-2:]) != (size, size):
-                images = resize_batch(images, size)
-                sizes = torch.full_like(sizes, size)
-            yield Batch(images, sizes, store.labels[idx], idx)
+        """Yields the batches of one epoch.
 
-    def num_batches(self, store: ImageStore, batch_size: int) -> int:
-        return math.ceil(len(store) / batch_size)
+        With ``world_size`` > 1 (distributed training), ``batch_size`` is the global batch: every
+        global batch is split across the ranks (rank r takes its positions r, r + world_size,
+        ...), so all ranks run the same number of steps and each image is seen once per epoch in
+        total. A last global batch with fewer images than ranks is dropped in training
+        (``drop_incomplete``); for evaluation, ranks left without an image skip it.
+        """
+        for indices in self.index_batches(store, batch_size, epoch, seed, shuffle):
+            global_size = len(indices)
+            if world_size > 1:
+                if global_size < world_size and drop_incomplete:
+                    continue
+                indices = indices[rank::world_size]
+                if len(indices) == 0:
+                    continue
+            batch = self.make_batch(store, indices, epoch, seed)
+            batch.global_size = global_size
+            yield batch
+
+    def num_batches(self, store: ImageStore, batch_size: int, world_size: int = 1) -> int:
+        full, rest = divmod(len(store), batch_size)
+        return full + (1 if rest >= world_size else 0) if world_size > 1 else math.ceil(len(store) / batch_size)
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -215,7 +240,8 @@ class Native(SizePolicy):
     def to_config(self) -> dict:
         return {"kind": self.kind, "size": self.size, "max_aspect": self.max_aspect}
 
-    def _groups(self, store: ImageStore, batch_size: int, epoch: int, seed: int, shuffle: bool) -> list[torch.Tensor]:
+    def index_batches(self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0,
+                      shuffle: bool = True) -> list[torch.Tensor]:
         """Indices of each batch: images of similar shape together."""
         sizes = store.sizes.double()
         # Sort key: aspect ratio first, then height, so neighbours share both dimensions.
@@ -233,13 +259,6 @@ class Native(SizePolicy):
             groups += list(chunk.split(batch_size))
         shuffled = torch.randperm(len(groups), generator=generator).tolist()
         return [groups[i] for i in shuffled]
-
-    def batches(
-        self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True
-    ) -> Iterator[Batch]:
-        for idx in self._groups(store, batch_size, epoch, seed, shuffle):
-            images, sizes = store.gather(idx)
-            yield Batch(images, sizes, store.labels[idx], idx)
 
 
 def padding_overhead(batches) -> float:

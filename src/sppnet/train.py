@@ -27,7 +27,10 @@ import torch.nn.functional as F
 from . import data as data_mod
 from ._perf import keep_freed_memory
 from ._version import __version__
-from .augment import Augment
+from .augment import Augment, AugmentParams
+from .distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
+from .distributed import init as dist_init
+from .distributed import shutdown as dist_shutdown
 from .errors import ConfigError, DataError
 from .evaluate import predict_batches, summarize_predictions, to_device_batch
 from .models import build_model, count_parameters
@@ -166,42 +169,54 @@ def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batches,
-    steps: int,
     device: torch.device,
     augment: Augment | None,
     generator: torch.Generator,
     on_step=None,
+    ctx: DistContext | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the training batches.
 
+    The loss of each step is the mean over the global batch: under DistributedDataParallel
+    (which averages gradients over ranks) each rank scales its sum by world_size / global batch,
+    so uneven shares still give exactly the single-process gradient. Augmentation parameters are
+    drawn for the whole global batch and each rank applies its share, as one process would.
+
     Returns:
-        Mean loss, accuracy and the number of images seen.
+        Mean loss, accuracy and the number of images seen (over all ranks).
     """
+    ctx = ctx or DistContext()
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for step, batch in enumerate(batches, start=1):
         images, sizes, labels = to_device_batch(batch, device)
+        global_n = batch.global_size or len(labels)
         if augment is not None:
-            images = augment(images, sizes, generator)
+            params = augment.draw(global_n, generator)
+            if ctx.enabled:
+                share = slice(ctx.rank, None, ctx.world_size)
+                params = AugmentParams(params.flip[share], params.angle[share], params.zoom[share])
+            images = augment.apply(images, params, sizes)
         logits = model(images, sizes)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, reduction="sum") * (ctx.world_size / global_n)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         n = len(labels)
         seen += n
-        loss_sum += loss.detach().double() * n
+        loss_sum += F.cross_entropy(logits.detach(), labels, reduction="sum").double()
         correct += (logits.detach().argmax(1) == labels).sum()
         if on_step is not None:
             on_step(step, float(loss_sum) / seen, int(correct) / seen)
-    if seen == 0:
+    total_loss, total_correct, total_seen = all_reduce_sum(ctx, float(loss_sum), float(correct), float(seen))
+    if total_seen == 0:
         return float("nan"), float("nan"), 0
-    return float(loss_sum) / seen, int(correct) / seen, seen
+    return total_loss / total_seen, total_correct / total_seen, int(total_seen)
 
 
-def _prepare(config: TrainConfig, reporter: Reporter):
+def _prepare(config: TrainConfig, reporter: Reporter, ctx: DistContext):
     root = data_mod.locate(config.data)
     dataset = data_mod.scan(root)
     train_set, val_set = data_mod.split(dataset, config.val_split, config.seed)
@@ -212,20 +227,28 @@ def _prepare(config: TrainConfig, reporter: Reporter):
         raise DataError(f"{root}: no training images after the split")
     policy = policy_from_config(config.policy)
     val_view = eval_policy(policy)
+
+    def decode(subset, view):
+        def build():
+            store, kept, failures = data_mod.ImageStore.from_dataset(subset, view.store_size)
+            return store, len(kept), failures
+
+        return build
+
     start = time.perf_counter()
-    train_store, train_kept, failed = data_mod.ImageStore.from_dataset(train_set, policy.store_size)
-    val_store, val_kept, failed_val = data_mod.ImageStore.from_dataset(val_set, val_view.store_size)
+    train_store, n_train, failed = shared_store(ctx, decode(train_set, policy), "train")
+    val_store, n_val, failed_val = shared_store(ctx, decode(val_set, val_view), "val")
     failures = failed + failed_val
     reporter.message(
         f"Found {len(dataset)} files belonging to {len(dataset.class_names)} classes; using "
-        f"{len(train_kept)} for training and {len(val_kept)} for validation "
+        f"{n_train} for training and {n_val} for validation "
         f"(decoded in {time.perf_counter() - start:.1f}s)"
     )
     if failures:
         reporter.message(f"Skipped {len(failures)} unreadable file(s):")
         for _, reason in failures:
             reporter.message(f"  {reason}")
-    if len(train_kept) == 0:
+    if n_train == 0:
         raise DataError(f"{root}: none of the training images could be decoded")
     return root, dataset.class_names, policy, val_view, train_store, val_store, failures
 
@@ -241,7 +264,7 @@ def _check_out(run: RunFolder, resume: bool) -> None:
         raise ConfigError(f"--out {run.path} exists and is not an empty folder; choose another --out")
 
 
-def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None = None) -> dict:
+def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None = None, backend: str | None = None) -> dict:
     """Trains a model and writes its run folder.
 
     Args:
@@ -250,6 +273,10 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
             the run).
         resume: continue the run in ``config.out`` from its last finished epoch.
         reporter: receives progress; default logs one line per epoch.
+        backend: distributed backend under torchrun (gloo, nccl); default from the device.
+
+    Under ``torchrun`` (see :mod:`sppnet.distributed`) every rank calls this; ``batch_size`` is
+    the global batch, and rank 0 alone reports and writes the run folder.
 
     Returns:
         The run's metrics (also in metrics.json).
@@ -262,6 +289,7 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
     reporter = reporter or Reporter()
     run = RunFolder(config.out)
     _check_out(run, resume)
+    stored = None
     if resume:
         stored = run.read_config()
         epochs, device_name = config.epochs, config.device
@@ -273,16 +301,35 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
     elif config.epochs is None:
         config.epochs = DEFAULT_EPOCHS
     config.validate()
-    device = resolve_device(config.device)
-    keep_freed_memory()
+    ctx, device = dist_init(resolve_device(config.device), backend)
+    try:
+        return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored)
+    finally:
+        dist_shutdown(ctx)
 
-    root, class_names, policy, val_view, train_store, val_store, failures = _prepare(config, reporter)
+
+class _Silent(Reporter):
+    def message(self, text: str) -> None:
+        pass
+
+    def epoch(self, line: str) -> None:
+        pass
+
+
+def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistContext, device: torch.device,
+           run: RunFolder, stored: dict | None) -> dict:
+    keep_freed_memory()
+    ctx.barrier()  # every rank has checked --out before rank 0 writes anything
+    root, class_names, policy, val_view, train_store, val_store, failures = _prepare(config, reporter, ctx)
     if resume and stored.get("class_names") != class_names:
         raise DataError(f"{root}: classes {class_names} differ from the run's {stored.get('class_names')}")
 
     torch.manual_seed(config.seed)
     model = model_from_config(config, len(class_names)).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    net = model
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     augment = Augment() if config.augment else None
     history: list[dict] = []
     best = {"epoch": 0, "val_accuracy": -1.0}
@@ -309,30 +356,35 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
         "data": {"source": str(config.data), "root": str(root), "val_split": config.val_split, "seed": config.seed},
         "versions": {"sppnet": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-    run.write_json("config.json", run_config)
+    if ctx.is_main:
+        run.write_json("config.json", run_config)
     reporter.message(
         f"Training {config.model} ({count_parameters(model):,} parameters) on {device}, "
-        f"{policy.describe()}, {len(train_store)} images, batch {config.batch_size}, epochs "
+        f"{policy.describe()}, {len(train_store)} images, batch {config.batch_size}"
+        f"{f' over {ctx.world_size} processes' if ctx.enabled else ''}, epochs "
         f"{start_epoch + 1}..{config.epochs} -> {run.path}"
     )
 
-    steps = policy.num_batches(train_store, config.batch_size)
+    steps = policy.num_batches(train_store, config.batch_size, ctx.world_size)
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
             torch.manual_seed(config.seed * 1_000_003 + epoch + 1)  # dropout draws of this epoch
             generator = epoch_generator(config.seed + 104_729, epoch)  # augmentation draws
-            batches = policy.batches(train_store, config.batch_size, epoch=epoch, seed=config.seed)
+            batches = policy.batches(train_store, config.batch_size, epoch=epoch, seed=config.seed,
+                                     rank=ctx.rank, world_size=ctx.world_size)
 
             def on_step(step, loss, acc, _epoch=epoch, _t0=t0):
                 reporter.step(_epoch + 1, config.epochs, step, steps, loss, acc, time.perf_counter() - _t0)
 
             loss, acc, _ = train_one_epoch(
-                model, optimizer, batches, steps, device, augment, generator,
-                on_step if reporter.wants_steps else None,
+                net, optimizer, batches, device, augment, generator,
+                on_step if reporter.wants_steps else None, ctx,
             )
             train_seconds = time.perf_counter() - t0
-            probs, labels, _ = predict_batches(model, val_view.batches(val_store, config.batch_size, shuffle=False), device)
+            val_batches = val_view.batches(val_store, config.batch_size, shuffle=False, rank=ctx.rank,
+                                           world_size=ctx.world_size, drop_incomplete=False)
+            probs, labels, indices = gather_predictions(ctx, *predict_batches(model, val_batches, device))
             evaluation = summarize_predictions(probs, labels, class_names)
             seconds = time.perf_counter() - t0
             row = {
@@ -340,13 +392,16 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
                 "val_loss": evaluation.loss, "val_accuracy": evaluation.accuracy, "seconds": seconds,
             }
             history.append(row)
-            _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_seconds, len(train_store), failures)
+            if ctx.is_main:
+                _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_seconds,
+                            len(train_store), failures)
             reporter.epoch(format_epoch_line(epoch + 1, config.epochs, steps, seconds, row))
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else start_epoch
         reporter.message(f"Interrupted: {run.path} holds {done} finished epoch(s); continue with --resume")
         raise
-    metrics = run.read_json("metrics.json") if run.file("metrics.json").is_file() else {}
+    ctx.barrier()
+    metrics = run.read_json("metrics.json") if ctx.is_main and run.file("metrics.json").is_file() else {}
     return metrics
 
 
