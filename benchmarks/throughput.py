@@ -92,7 +92,7 @@ def main() -> None:
     achieved = train_ips * 3 * FORWARD_GFLOP
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}, "
           f"{policy.describe()} batches, medians of {args.steps}")
-    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
     print(f"training : {train_ips:6.1f} images/s ({1000 * statistics.median(steps):.0f} ms/step; "
           f"{2936 / train_ips:.1f} s per flowers epoch); {achieved:.0f} GFLOP/s = "
           f"{achieved / peak32:.0%} of fp32 peak, {achieved / peak16:.0%} of bf16 peak")
