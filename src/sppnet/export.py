@@ -229,7 +229,10 @@ class OnnxModel(nn.Module):
         if not path.is_file():
             raise ExportError(f"{path}: no such ONNX file")
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            # Idle onnxruntime threads otherwise spin after each run, starving other work.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
             raise ExportError(f"{path}: cannot load ONNX model ({type(err).__name__})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
