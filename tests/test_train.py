@@ -284,3 +284,13 @@ def test_resume_before_any_finished_epoch_starts_over(trained_run, dataset, tmp_
     (copy / "state.pt").unlink()
     assert main(["train", "x", "--out", str(copy), "--resume"]) == 0
     assert history_without_seconds(copy) == history_without_seconds(trained_run)
+
+
+def test_run_made_from_a_relative_path_evaluates_from_elsewhere(dataset, tmp_path, monkeypatch, capsys):
+    # Regression: config.json kept the data path as typed, so evaluate from another folder failed.
+    monkeypatch.chdir(dataset.parent)
+    assert main(["train", dataset.name, "--out", str(tmp_path / "run"), "--epochs", "1", *FAST]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 6

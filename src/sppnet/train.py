@@ -301,6 +301,9 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
     elif config.epochs is None:
         config.epochs = DEFAULT_EPOCHS
     config.validate()
+    if Path(config.data).expanduser().exists():
+        # Stored absolute, so evaluate and --resume work from any folder.
+        config.data = str(Path(config.data).expanduser().resolve())
     ctx, device = dist_init(resolve_device(config.device), backend)
     try:
         return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored)
