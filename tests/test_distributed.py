@@ -50,8 +50,11 @@ def test_one_failing_rank_ends_the_job(tmp_path):
     assert done.returncode != 0
     assert "rank 1 failed on purpose" in done.stderr + done.stdout
     assert time.time() - start < 200
-    # The first epoch was finished and saved; the run can be resumed.
+    # The first epoch was finished and saved; the run resumes under torchrun.
     assert len(RunFolder(tmp_path / "run").read_history()) == 1
+    resumed = torchrun(["train", str(data), "--out", str(tmp_path / "run"), "--resume", "--backend", "gloo"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["epoch"] for r in RunFolder(tmp_path / "run").read_history()] == [1, 2, 3]
 
 
 def store_of(shapes):

@@ -166,6 +166,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=123, help="seed (default 123)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend under torchrun (default: gloo on CPU, nccl on CUDA)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each subset")
     parser.set_defaults(run=_run_train)
 
@@ -181,7 +182,7 @@ def _run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_split=args.val_split,
         seed=args.seed, device=args.device, limit=args.limit, preset=args.preset,
     )
-    metrics = train(config, resume=args.resume, reporter=ConsoleReporter())
+    metrics = train(config, resume=args.resume, reporter=ConsoleReporter(), backend=args.backend)
     if metrics:
         print(f"best val_accuracy {metrics['best']['val_accuracy']:.4f} at epoch {metrics['best']['epoch']}; "
               f"run folder: {config.out}")
