@@ -3,7 +3,6 @@ import http.server
 import io
 import json
 import logging
-import os
 import tarfile
 import threading
 import zipfile

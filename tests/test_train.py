@@ -1,7 +1,6 @@
 """The main job end to end on tiny generated datasets: train, resume, evaluate, predict."""
 
 import json
-import os
 import re
 import signal
 import subprocess

@@ -210,6 +210,19 @@ def _safe_member_path(archive: Path, name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
+def _write_member(target: Path, rel: PurePosixPath | None, is_dir: bool, open_source: Callable) -> None:
+    """Writes one checked archive member under ``target`` (never over an existing file)."""
+    if rel is None:
+        return
+    dest = target.joinpath(*rel.parts)
+    if is_dir:
+        dest.mkdir(parents=True, exist_ok=True)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open_source() as source, open(dest, "xb") as out:
+        shutil.copyfileobj(source, out)
+
+
 def _extract_tar(archive: Path, target: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
@@ -219,17 +232,8 @@ def _extract_tar(archive: Path, target: Path) -> None:
                     raise DataError(f"{archive}: refusing to extract link {member.name!r}")
                 if not (member.isfile() or member.isdir()):
                     raise DataError(f"{archive}: refusing to extract special file {member.name!r}")
-                if rel is None:
-                    continue
-                dest = target.joinpath(*rel.parts)
-                if member.isdir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                with source, open(dest, "xb") as out:
-                    shutil.copyfileobj(source, out)
-    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as err:
+                _write_member(target, rel, member.isdir(), lambda: tar.extractfile(member))
+    except (tarfile.TarError, EOFError, OSError) as err:
         raise DataError(f"{archive}: cannot read archive ({err})") from None
 
 
@@ -244,15 +248,7 @@ def _extract_zip(archive: Path, target: Path) -> None:
                 # Zip writers often store permission bits only; no file type means a plain file.
                 if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                     raise DataError(f"{archive}: refusing to extract special file {info.filename!r}")
-                if rel is None:
-                    continue
-                dest = target.joinpath(*rel.parts)
-                if info.is_dir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as source, open(dest, "xb") as out:
-                    shutil.copyfileobj(source, out)
+                _write_member(target, rel, info.is_dir(), lambda: zf.open(info))
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise DataError(f"{archive}: cannot read archive ({err})") from None
 
