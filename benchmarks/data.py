@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from sppnet._perf import keep_freed_memory
 from sppnet.augment import Augment
 from sppnet.data import ImageStore, locate, scan, split
 from sppnet.models import build_model
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("data", nargs="?", default=str(DEFAULT_DATA))
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    keep_freed_memory()  # as sppnet train does, so the step is the one training really runs
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     dataset = scan(locate(args.data))
