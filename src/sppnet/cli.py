@@ -18,13 +18,19 @@ from .errors import ConfigError, SppnetError
 PROG = "sppnet"
 
 
+def _subcommand(sub: argparse._SubParsersAction, name: str, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A subcommand parser with a help line, a description and an epilog of examples."""
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = _subcommand(
+        sub,
         "models",
         help="list the model family and parameter counts",
         description="List the registered models with their parameter counts for 5 classes.",
         epilog="example:\n  sppnet models",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(run=_run_models)
 
@@ -39,7 +45,8 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = _subcommand(
+        sub,
         "data",
         help="summarise a dataset and its training/validation split",
         description=(
@@ -53,7 +60,6 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
             "  sppnet data photos/ --val-split 0.1 --seed 7\n"
             "  sppnet data flowers --list val > val_files.txt"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("data", metavar="DATA", help="folder, archive (.tgz/.tar.gz/.tar/.zip) or 'flowers'")
     parser.add_argument("--val-split", type=float, default=0.2, help="validation fraction (default 0.2)")
@@ -132,7 +138,8 @@ class ConsoleReporter:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = _subcommand(
+        sub,
         "train",
         help="train a model and write a run folder",
         description="Train a CNN with an SPP (or Flatten, or GAP) head. The defaults are the study's best setup.",
@@ -144,7 +151,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "  sppnet train photos/ --out runs/native --resume --epochs 40\n"
             "  sppnet train flowers --model flatten --out runs/flatten"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("data", metavar="DATA", help="folder of class subfolders, archive (.tgz/.tar.gz/.tar/.zip) or 'flowers'")
     parser.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
@@ -190,7 +196,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = _subcommand(
+        sub,
         "evaluate",
         help="evaluate a run on its validation split",
         description=(
@@ -204,7 +211,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
             "  sppnet evaluate runs/spp --native 180\n"
             "  sppnet evaluate runs/spp --scales 180,224,256 --json"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN", help="run folder")
     parser.add_argument("data", metavar="DATA", nargs="?", help="dataset (default: the run's own)")
@@ -244,7 +250,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = _subcommand(
+        sub,
         "predict",
         help="classify image files with a trained run",
         description=(
@@ -258,7 +265,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             "  sppnet predict runs/spp a.jpg b.png --json\n"
             "  sppnet predict --onnx spp.onnx sunflower.jpg"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN", help="run folder (omitted with --onnx)")
     parser.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="*")
@@ -313,7 +319,8 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     from .report import STUDY_VARIANTS
 
-    parser = sub.add_parser(
+    parser = _subcommand(
+        sub,
         "compare",
         help="train the study's variants and write a comparison report",
         description=(
@@ -321,7 +328,6 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
             "under --out, and write OUT/report.md and OUT/comparison.png. Finished variants are not retrained."
         ),
         epilog="examples:\n  sppnet compare flowers\n  sppnet compare flower_photos.tgz --epochs 5 --variants spp,flatten",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("data", metavar="DATA")
     parser.add_argument("--epochs", type=int, default=20)
@@ -344,7 +350,8 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = _subcommand(
+        sub,
         "export",
         help="export a run's model to ONNX (dynamic height and width) or TorchScript",
         description=(
@@ -360,7 +367,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
             "  sppnet export runs/spp --torchscript spp.pt\n"
             "  sppnet export runs/spp --onnx spp.onnx --opset 20 --no-check"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN", help="run folder")
     parser.add_argument("--onnx", metavar="FILE", help="write an ONNX model")

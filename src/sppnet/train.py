@@ -200,13 +200,14 @@ def train_one_epoch(
                 params = AugmentParams(params.flip[share], params.angle[share], params.zoom[share])
             images = augment.apply(images, params, sizes)
         logits = model(images, sizes)
-        loss = F.cross_entropy(logits, labels, reduction="sum") * (ctx.world_size / global_n)
+        summed = F.cross_entropy(logits, labels, reduction="sum")
+        loss = summed * (ctx.world_size / global_n)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         n = len(labels)
         seen += n
-        loss_sum += F.cross_entropy(logits.detach(), labels, reduction="sum").double()
+        loss_sum += summed.detach().double()
         correct += (logits.detach().argmax(1) == labels).sum()
         if on_step is not None:
             on_step(step, float(loss_sum) / seen, int(correct) / seen)
