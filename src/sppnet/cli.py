@@ -154,22 +154,38 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("data", metavar="DATA", help="folder of class subfolders, archive (.tgz/.tar.gz/.tar/.zip) or 'flowers'")
     parser.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    parser.add_argument("--preset", default="study", help="named recipe (default study: the study's setup)")
-    parser.add_argument("--model", default="spp", help="spp, flatten or gap (default spp)")
-    parser.add_argument("--levels", type=_int_list, default=(1, 2, 4), help="SPP levels (default 1,2,4)")
-    parser.add_argument("--pool", default="max", help="SPP pooling: max or avg (default max)")
+    parser.add_argument("--preset", default="study",
+                        help="named recipe: study (default, the study's setup), study-plus, best; options given "
+                             "explicitly override the preset's values")
+    parser.add_argument("--model", help="spp, flatten or gap (default spp)")
+    parser.add_argument("--levels", type=_int_list, help="SPP levels (default 1,2,4)")
+    parser.add_argument("--pool", help="SPP pooling: max or avg (default max)")
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--size", type=int, help="warp images to SIZE x SIZE (default 180)")
     sizes.add_argument("--sizes", help="multi-size training, one size per epoch, e.g. 180,224")
     sizes.add_argument("--size-range", help="a size drawn per epoch from LOW:HIGH, e.g. 180:224")
     sizes.add_argument("--native", type=int, help="keep aspect ratios, shorter side NATIVE, padded batches")
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="random flip, rotation, zoom (default on)")
-    parser.add_argument("--dropout", type=float, default=0.2, help="dropout rate (default 0.2)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random flip, rotation, zoom (default on)")
+    parser.add_argument("--rotation", type=float, help="augmentation: largest rotation in turns (default 0.1)")
+    parser.add_argument("--zoom", type=float, help="augmentation: largest relative zoom (default 0.1)")
+    parser.add_argument("--dropout", type=float, help="dropout rate (default 0.2)")
+    parser.add_argument("--widths", type=_int_list, help="conv block widths (default 16,32,64)")
+    parser.add_argument("--hidden", type=int, help="dense layer units (default 128)")
+    parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="batch norm after each conv (default off)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 20; with --resume, the run's own)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
-    parser.add_argument("--val-split", type=float, default=0.2, help="validation fraction (default 0.2)")
-    parser.add_argument("--seed", type=int, default=123, help="seed (default 123)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    parser.add_argument("--lr", type=float, help="learning rate (default 0.001)")
+    parser.add_argument("--schedule", help="learning rate schedule: constant or cosine (default constant)")
+    parser.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up (default 0)")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay; 0 is Adam (default 0)")
+    parser.add_argument("--label-smoothing", type=float, help="label smoothing (default 0)")
+    parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
+                        help="validate on each image and its mirror image (default off)")
+    parser.add_argument("--val-split", type=float, help="validation fraction (default 0.2)")
+    parser.add_argument("--holdout", type=float,
+                        help="validate on this share of the training split instead, for tuning (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of the split, initialisation, shuffling, augmentation (default 123)")
+    parser.add_argument("--split-seed", type=int, help="seed of the split alone, to vary the rest on one split (default: --seed)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend under torchrun (default: gloo on CPU, nccl on CUDA)")
@@ -181,13 +197,15 @@ def _run_train(args: argparse.Namespace) -> int:
     from .sizing import parse_policy
     from .train import TrainConfig, train
 
-    policy = parse_policy(args.size, args.sizes, args.size_range, args.native)
-    config = TrainConfig(
-        data=args.data, out=args.out or f"runs/{args.model}", model=args.model, levels=tuple(args.levels),
-        pool=args.pool, policy=policy.to_config(), augment=args.augment, dropout=args.dropout,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_split=args.val_split,
-        seed=args.seed, device=args.device, limit=args.limit, preset=args.preset,
-    )
+    names = ("model", "levels", "pool", "augment", "rotation", "zoom", "dropout", "widths", "hidden", "batch_norm",
+             "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "weight_decay", "label_smoothing",
+             "flip_test", "val_split", "holdout", "seed", "split_seed", "limit")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if any(v is not None for v in (args.size, args.sizes, args.size_range, args.native)):
+        overrides["policy"] = parse_policy(args.size, args.sizes, args.size_range, args.native).to_config()
+    config = TrainConfig.from_preset(args.preset, data=args.data, device=args.device, **overrides)
+    config.epochs = args.epochs if args.resume else config.epochs  # resume: the run's own unless given
+    config.out = args.out or f"runs/{config.model if args.preset == 'study' else args.preset}"
     metrics = train(config, resume=args.resume, reporter=ConsoleReporter(), backend=args.backend)
     if metrics:
         print(f"best val_accuracy {metrics['best']['val_accuracy']:.4f} at epoch {metrics['best']['epoch']}; "
@@ -218,6 +236,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     views.add_argument("--size", type=int, help="warp images to SIZE x SIZE")
     views.add_argument("--native", type=int, help="whole images, shorter side NATIVE")
     views.add_argument("--scales", type=_int_list, help="average the softmax over sizes, e.g. 180,224,256")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image's softmax with its mirror image's (default: as the run validated)")
     parser.add_argument("--weights", default="best", choices=["best", "last"], help="which weights (default best)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
@@ -235,7 +255,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .report import plot_confusion
 
     evaluation = evaluate_run(args.run_dir, args.data, args.size, args.native, args.scales, args.weights,
-                              args.batch_size, args.device, args.limit)
+                              args.batch_size, args.device, args.limit, args.flip)
     png = Path(args.confusion_png) if args.confusion_png else Path(args.run_dir) / "confusion.png"
     plot_confusion(evaluation.confusion, evaluation.class_names, png, f"{args.run_dir}: {evaluation.extra['view']}")
     if args.json:

@@ -49,6 +49,7 @@ __all__ = [
     "extract_archive",
     "scan",
     "split",
+    "run_split",
     "decode_image",
     "load_images",
 ]
@@ -377,6 +378,16 @@ def split(dataset: Dataset, val_split: float = 0.2, seed: int = 123) -> tuple[Da
     if n_val == 0:
         return dataset.subset(order), dataset.subset([])
     return dataset.subset(order[:-n_val]), dataset.subset(order[-n_val:])
+
+
+def run_split(dataset: Dataset, val_split: float = 0.2, seed: int = 123, holdout: float = 0.0) -> tuple[Dataset, Dataset]:
+    """The (training, validation) sets of a run: :func:`split`, then with ``holdout`` > 0 the
+    training set split again (seed + 1) so that tuning validates on a part of the training files
+    and never sees the validation split."""
+    train, val = split(dataset, val_split, seed)
+    if holdout:
+        train, val = split(train, holdout, seed + 1)
+    return train, val
 
 
 # --------------------------------------------------------------------------------------------

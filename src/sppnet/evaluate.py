@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .sizing import Batch
 
-__all__ = ["predict_batches", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch"]
+__all__ = ["predict_batches", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch"]
 
 
 def to_device_batch(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -32,9 +32,25 @@ def to_device_batch(batch: Batch, device: torch.device) -> tuple[torch.Tensor, t
     return images, sizes, batch.labels.to(device, non_blocking=True)
 
 
+def mirror(images: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirrors images left-right; in a padded batch each image within its own width."""
+    if sizes is None:
+        return images.flip(-1)
+    width = images.shape[-1]
+    cols = torch.arange(width, device=images.device)
+    w = sizes[:, 1:2].to(images.device)  # (N, 1)
+    source = torch.where(cols < w, w - 1 - cols, cols)  # (N, W); the padding maps to itself
+    index = source.view(-1, 1, 1, width).expand_as(images)
+    return torch.gather(images, -1, index)
+
+
 @torch.inference_mode()
-def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
+                    flip: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs a model (in eval mode) over batches.
+
+    With ``flip``, each image's softmax is averaged with its mirror image's (test-time
+    augmentation; the study's augmentation flips left-right, so both views are in-distribution).
 
     Returns:
         probabilities (N, classes), labels (N,) and dataset indices (N,), on the CPU, in batch order.
@@ -45,8 +61,10 @@ def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: to
     try:
         for batch in batches:
             images, sizes, y = to_device_batch(batch, device)
-            logits = model(images, sizes)
-            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            p = torch.softmax(model(images, sizes).float(), dim=1)
+            if flip:
+                p = 0.5 * (p + torch.softmax(model(mirror(images, sizes), sizes).float(), dim=1))
+            probs.append(p.cpu())
             labels.append(batch.labels)
             indices.append(batch.indices)
     finally:
@@ -179,18 +197,22 @@ def evaluate_run(
     batch_size: int = 32,
     device: str = "auto",
     limit: int | None = None,
+    flip: bool | None = None,
 ) -> Evaluation:
     """Evaluates a run on a validation split under one view.
 
     Args:
         run_path: the run folder.
-        data: the dataset; default the run's own data and validation split (its val_split, seed).
+        data: the dataset; default the run's own data and validation set (its val_split, seed, and
+            holdout: a run tuned with ``holdout`` is evaluated on its held-out training files).
             Another dataset must have the same classes; its validation split is used.
         size: warp images to size x size. native: whole images, shorter side ``native``.
         scales: average the softmax over these fixed sizes. At most one of size/native/scales;
             default: the run's own validation view.
         weights: ``best`` or ``last``.
         limit: only the first N validation images.
+        flip: average each image's softmax with its mirror image's; default the run's own
+            validation setting (``flip_test``).
 
     Raises:
         ConfigError, DataError: bad options, missing run, mismatched classes.
@@ -228,21 +250,25 @@ def evaluate_run(
     dataset = data_mod.scan(data_mod.locate(source))
     if dataset.class_names != config["class_names"]:
         raise DataError(f"{source}: classes {dataset.class_names} differ from the run's {config['class_names']}")
-    _, val = data_mod.split(dataset, config["data"]["val_split"], config["data"]["seed"])
+    # The run's own validation set: its held-out part of the training split if it was tuned so.
+    holdout = config["data"].get("holdout", 0.0) if data is None else 0.0
+    _, val = data_mod.run_split(dataset, config["data"]["val_split"], config["data"]["seed"], holdout)
     if limit:
         val = val.subset(range(min(limit, len(val))))
     if len(val) == 0:
         raise DataError(f"{source}: the validation split is empty")
+    if flip is None:
+        flip = bool(config["train"].get("flip_test", False))
     total = None
     for view in views:
         store, kept, failures = data_mod.ImageStore.from_dataset(val, view.store_size)
-        probs, labels, indices = predict_batches(model, view.batches(store, batch_size, shuffle=False), device_t)
+        probs, labels, indices = predict_batches(model, view.batches(store, batch_size, shuffle=False), device_t, flip)
         order = torch.argsort(indices)  # native batches are shape-sorted: restore dataset order
         probs, labels = probs[order], labels[order]
         total = probs if total is None else total + probs
     evaluation = summarize_predictions(total / len(views), labels, config["class_names"])
     evaluation.extra = {
-        "view": " + ".join(v.describe() for v in views),
+        "view": " + ".join(v.describe() for v in views) + (", with mirror images" if flip else ""),
         "weights": weights,
         "skipped_files": [reason for _, reason in failures],
     }

@@ -129,6 +129,10 @@ class FlowerCNN(nn.Module):
         hidden: units of the hidden dense layer. Default 128.
         dropout: dropout rate before the dense layers; 0 disables it. Default 0.2.
         config: the arguments the model was built with, kept for saving and rebuilding.
+        batch_norm: a BatchNorm2d after each conv (whose bias it replaces). Default False (the
+            study has none). In training, a padded batch's statistics include its padding (a few
+            percent of the pixels with shape-grouped batches); in eval mode each image of a padded
+            batch still gets the logits it would get alone.
 
     Shape:
         x: (N, 3, H, W) float RGB 0..255 with H, W >= 2 ** len(widths); sizes: (N, 2) optional;
@@ -143,8 +147,11 @@ class FlowerCNN(nn.Module):
         hidden: int = 128,
         dropout: float = 0.2,
         config: dict | None = None,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(batch_norm, bool):
+            raise ConfigError(f"batch_norm must be True or False, got {batch_norm!r}")
         num_classes = _check_int("num_classes", num_classes, 1)
         hidden = _check_int("hidden", hidden, 1)
         dropout = _check_dropout(dropout)
@@ -159,13 +166,13 @@ class FlowerCNN(nn.Module):
             # (both are monotone), so pooling first computes the same values and gradients with
             # the ReLU on a map 4x smaller: a large saving on CPU, where these passes are
             # memory-bound.
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(channels, width, 3, padding=1),
-                    nn.MaxPool2d(2),
-                    nn.ReLU(inplace=True),
-                )
-            )
+            # With batch_norm the block is Conv (no bias) + BatchNorm + ReLU + MaxPool, computed
+            # as conv, norm, pool, ReLU for the same reason (the norm's scale may be negative, so
+            # it stays before the pooling).
+            layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=not batch_norm)]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            blocks.append(nn.Sequential(*layers, nn.MaxPool2d(2), nn.ReLU(inplace=True)))
             channels = width
         self.features = nn.ModuleList(blocks)
         self.pool = pool
@@ -182,7 +189,8 @@ class FlowerCNN(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def _check_input(self, x: Tensor, sizes: Tensor | None) -> None:
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
@@ -246,6 +254,7 @@ def spp(
     dropout: float = 0.2,
     widths: Sequence[int] = (16, 32, 64),
     hidden: int = 128,
+    batch_norm: bool = False,
 ) -> FlowerCNN:
     """The study's CNN with a spatial pyramid pooling head: any input size.
 
@@ -256,8 +265,8 @@ def spp(
     """
     head = SpatialPyramidPooling(levels, pool)
     config = dict(name="spp", num_classes=num_classes, levels=list(head.levels), pool=pool,
-                  dropout=dropout, widths=list(widths), hidden=hidden)
-    return FlowerCNN(head, num_classes, widths, hidden, dropout, config)
+                  dropout=dropout, widths=list(widths), hidden=hidden, batch_norm=batch_norm)
+    return FlowerCNN(head, num_classes, widths, hidden, dropout, config, batch_norm)
 
 
 @register_model("flatten")
@@ -267,6 +276,7 @@ def flatten(
     dropout: float = 0.2,
     widths: Sequence[int] = (16, 32, 64),
     hidden: int = 128,
+    batch_norm: bool = False,
 ) -> FlowerCNN:
     """The study's baseline: a Flatten head, so only ``input_size`` x ``input_size`` images.
 
@@ -282,8 +292,8 @@ def flatten(
     for _ in widths:
         map_size //= 2
     config = dict(name="flatten", num_classes=num_classes, input_size=input_size,
-                  dropout=dropout, widths=list(widths), hidden=hidden)
-    return FlowerCNN(FlattenHead(map_size), num_classes, widths, hidden, dropout, config)
+                  dropout=dropout, widths=list(widths), hidden=hidden, batch_norm=batch_norm)
+    return FlowerCNN(FlattenHead(map_size), num_classes, widths, hidden, dropout, config, batch_norm)
 
 
 @register_model("gap")
@@ -292,8 +302,9 @@ def gap(
     dropout: float = 0.2,
     widths: Sequence[int] = (16, 32, 64),
     hidden: int = 128,
+    batch_norm: bool = False,
 ) -> FlowerCNN:
     """The study's CNN with global average pooling: any input size, one value per channel."""
     config = dict(name="gap", num_classes=num_classes, dropout=dropout,
-                  widths=list(widths), hidden=hidden)
-    return FlowerCNN(GlobalAvgPool(), num_classes, widths, hidden, dropout, config)
+                  widths=list(widths), hidden=hidden, batch_norm=batch_norm)
+    return FlowerCNN(GlobalAvgPool(), num_classes, widths, hidden, dropout, config, batch_norm)

@@ -43,10 +43,35 @@ __all__ = ["TrainConfig", "PRESETS", "train", "train_one_epoch", "resolve_device
 
 DEFAULT_EPOCHS = 20
 
-#: Named recipes. ``study`` is the study's exact setup and the default.
+#: Named recipes: the TrainConfig fields each sets (options given explicitly override them).
+#: ``study`` is the study's exact setup and the default. ``study-plus`` keeps the study's network
+#: and 20 epochs and changes only the training recipe and the test view; ``best`` may change the
+#: network within the family. How they were chosen (on a part of the training split only) and
+#: what each ingredient brings: README, "Accuracy".
 PRESETS: dict[str, dict[str, Any]] = {
     "study": {},
+    "study-plus": {
+        "policy": {"kind": "native", "size": 180},
+        "schedule": "cosine",
+        "label_smoothing": 0.1,
+        "weight_decay": 0.05,
+        "flip_test": True,
+    },
+    "best": {
+        "policy": {"kind": "native", "size": 160},
+        "widths": (16, 32, 64, 128),
+        "batch_norm": True,
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "lr": 2e-3,
+        "label_smoothing": 0.1,
+        "weight_decay": 0.05,
+        "flip_test": True,
+        "epochs": 30,
+    },
 }
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -74,6 +99,32 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA if present) | cpu | cuda
     limit: int | None = None  # use only the first N images of each subset (quick tries)
     preset: str = "study"
+    # Beyond the study (its values are the defaults):
+    rotation: float = 0.1  # augmentation: largest rotation, in turns
+    zoom: float = 0.1  # augmentation: largest relative zoom
+    schedule: str = "constant"  # learning rate: constant | cosine (to 0 at the last step)
+    warmup_epochs: int = 0  # linear warm-up of the learning rate over the first epochs
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay; 0 is plain Adam
+    label_smoothing: float = 0.0
+    widths: tuple[int, ...] = (16, 32, 64)  # conv block widths
+    hidden: int = 128  # dense layer units
+    batch_norm: bool = False
+    holdout: float = 0.0  # > 0: validate on this share of the *training* split (for tuning)
+    flip_test: bool = False  # validation averages each image's and its mirror image's softmax
+    split_seed: int | None = None  # the split's seed when it differs from ``seed``
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the train/validation split: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @classmethod
+    def from_preset(cls, preset: str = "study", **overrides) -> "TrainConfig":
+        """A configuration from a named preset (see ``PRESETS``), with fields overridden."""
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown --preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        values = {**PRESETS[preset], **overrides, "preset": preset}
+        return cls.from_dict(values)
 
     def validate(self) -> None:
         def positive_int(name: str) -> None:
@@ -81,12 +132,36 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
 
-        for name in ("epochs", "batch_size"):
+        def number(name: str, low: float, high: float, high_open: bool = True) -> None:
+            value = getattr(self, name)
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            ok = ok and low <= value and (value < high if high_open else value <= high)
+            if not ok:
+                bracket = ")" if high_open else "]"
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number in [{low}, {high}{bracket}, got {value!r}")
+
+        for name in ("epochs", "batch_size", "hidden"):
             positive_int(name)
         if self.limit is not None:
             positive_int("limit")
+        for name in ("seed", "split_seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs must be an integer >= 0, got {self.warmup_epochs!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
+        number("rotation", 0, 0.5, high_open=False)
+        number("zoom", 0, 1)
+        number("weight_decay", 0, 1)
+        number("label_smoothing", 0, 1)
+        number("holdout", 0, 1)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("augment", "batch_norm", "flip_test"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.preset not in PRESETS:
@@ -102,14 +177,16 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["levels"] = list(self.levels)
+        d["widths"] = list(self.widths)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
-        if "levels" in kwargs:
-            kwargs["levels"] = tuple(kwargs["levels"])
+        for name in ("levels", "widths"):
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
         return cls(**kwargs)
 
 
@@ -133,12 +210,39 @@ def eval_policy(policy: SizePolicy) -> SizePolicy:
 
 def model_from_config(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     """Builds the run's model (weights freshly initialised)."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "dropout": config.dropout}
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "dropout": config.dropout, "widths": tuple(config.widths),
+                              "hidden": config.hidden, "batch_norm": config.batch_norm}
     if config.model == "spp":
         kwargs.update(levels=tuple(config.levels), pool=config.pool)
     elif config.model == "flatten":
         kwargs.update(input_size=policy_from_config(config.policy).to_config().get("size", 180))
     return build_model(config.model, **kwargs)
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate at global step ``step`` (from 0) of ``total_steps``.
+
+    Linear warm-up over ``warmup_epochs`` (as a share of the steps), then ``constant`` or
+    ``cosine`` decay towards 0 at the last step. A function of the step alone, so a resumed run
+    follows the same schedule.
+    """
+    warmup = min(total_steps, round(total_steps * config.warmup_epochs / config.epochs)) if config.epochs else 0
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "cosine":
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, the study's; AdamW when ``weight_decay`` > 0, with no decay on biases and norms."""
+    if config.weight_decay == 0:
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 class Reporter:
@@ -174,6 +278,8 @@ def train_one_epoch(
     generator: torch.Generator,
     on_step=None,
     ctx: DistContext | None = None,
+    lr_at=None,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, float, int]:
     """One pass over the training batches.
 
@@ -181,6 +287,9 @@ def train_one_epoch(
     (which averages gradients over ranks) each rank scales its sum by world_size / global batch,
     so uneven shares still give exactly the single-process gradient. Augmentation parameters are
     drawn for the whole global batch and each rank applies its share, as one process would.
+
+    ``lr_at(step)`` (step counted from 0 in this epoch), when given, sets the learning rate of
+    every parameter group before each step.
 
     Returns:
         Mean loss, accuracy and the number of images seen (over all ranks).
@@ -199,8 +308,12 @@ def train_one_epoch(
                 share = slice(ctx.rank, None, ctx.world_size)
                 params = AugmentParams(params.flip[share], params.angle[share], params.zoom[share])
             images = augment.apply(images, params, sizes)
+        if lr_at is not None:
+            lr = lr_at(step - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         logits = model(images, sizes)
-        summed = F.cross_entropy(logits, labels, reduction="sum")
+        summed = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
         loss = summed * (ctx.world_size / global_n)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -220,7 +333,7 @@ def train_one_epoch(
 def _prepare(config: TrainConfig, reporter: Reporter, ctx: DistContext):
     root = data_mod.locate(config.data)
     dataset = data_mod.scan(root)
-    train_set, val_set = data_mod.split(dataset, config.val_split, config.seed)
+    train_set, val_set = data_mod.run_split(dataset, config.val_split, config.data_seed, config.holdout)
     if config.limit:
         train_set = train_set.subset(range(min(config.limit, len(train_set))))
         val_set = val_set.subset(range(min(config.limit, len(val_set))))
@@ -242,7 +355,8 @@ def _prepare(config: TrainConfig, reporter: Reporter, ctx: DistContext):
     failures = failed + failed_val
     reporter.message(
         f"Found {len(dataset)} files belonging to {len(dataset.class_names)} classes; using "
-        f"{n_train} for training and {n_val} for validation "
+        f"{n_train} for training and {n_val} for validation"
+        f"{' (held out from the training split)' if config.holdout else ''} "
         f"(decoded in {time.perf_counter() - start:.1f}s)"
     )
     if failures:
@@ -330,11 +444,11 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
 
     torch.manual_seed(config.seed)
     model = model_from_config(config, len(class_names)).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config)
     net = model
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    augment = Augment() if config.augment else None
+    augment = Augment(rotation=config.rotation, zoom=config.zoom) if config.augment else None
     history: list[dict] = []
     best = {"epoch": 0, "val_accuracy": -1.0}
     start_epoch = 0
@@ -357,7 +471,8 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
         "policy": policy.to_config(),
         "eval_policy": val_view.to_config(),
         "input_size": policy.to_config().get("size") or val_view.to_config().get("size"),
-        "data": {"source": str(config.data), "root": str(root), "val_split": config.val_split, "seed": config.seed},
+        "data": {"source": str(config.data), "root": str(root), "val_split": config.val_split, "seed": config.data_seed,
+                 "holdout": config.holdout},
         "versions": {"sppnet": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     if ctx.is_main:
@@ -381,14 +496,20 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
             def on_step(step, loss, acc, _epoch=epoch, _t0=t0):
                 reporter.step(_epoch + 1, config.epochs, step, steps, loss, acc, time.perf_counter() - _t0)
 
+            def lr_at(step, _epoch=epoch):
+                return learning_rate(config, _epoch * steps + step, config.epochs * steps)
+
             loss, acc, _ = train_one_epoch(
                 net, optimizer, batches, device, augment, generator,
                 on_step if reporter.wants_steps else None, ctx,
+                lr_at=lr_at if config.schedule != "constant" or config.warmup_epochs else None,
+                label_smoothing=config.label_smoothing,
             )
             train_seconds = time.perf_counter() - t0
             val_batches = val_view.batches(val_store, config.batch_size, shuffle=False, rank=ctx.rank,
                                            world_size=ctx.world_size, drop_incomplete=False)
-            probs, labels, indices = gather_predictions(ctx, *predict_batches(model, val_batches, device))
+            probs, labels, indices = gather_predictions(
+                ctx, *predict_batches(model, val_batches, device, flip=config.flip_test))
             evaluation = summarize_predictions(probs, labels, class_names)
             seconds = time.perf_counter() - t0
             row = {
