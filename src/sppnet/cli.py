@@ -336,6 +336,63 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        sub,
+        "serve",
+        help="serve predictions over HTTP, with a web page (extra sppnet[serve])",
+        description=(
+            "An HTTP prediction service: POST /predict (multipart field 'image' or raw image bytes) answers "
+            "JSON; GET /health, GET /model; GET / is a page to drop a photo on. Needs pip install 'sppnet[serve]'."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sppnet serve runs/spp\n"
+            "  sppnet serve runs/spp --host 0.0.0.0 --port 8080\n"
+            "  sppnet serve --onnx spp.onnx\n"
+            "  curl -F image=@sunflower.jpg http://127.0.0.1:8000/predict"
+        ),
+    )
+    parser.add_argument("run_dir", metavar="RUN", nargs="?", help="run folder (omitted with --onnx)")
+    parser.add_argument("--onnx", metavar="FILE", help="serve an exported ONNX model through onnxruntime instead of a run")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB; larger get 413 (default 10)")
+    parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead of keeping their aspect ratio")
+    parser.add_argument("--weights", default="best", choices=["best", "last"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import math
+
+    from .errors import ConfigError
+    from .predict import Predictor
+    from .serve import _require_serve_deps, serve
+    from .train import resolve_device
+
+    _require_serve_deps()
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
+        raise ConfigError(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
+    if args.onnx:
+        if args.run_dir:
+            raise ConfigError("give either a run folder or --onnx FILE, not both")
+        predictor = Predictor.from_onnx(args.onnx, args.size)
+        info = {"model": "onnx", "source": str(args.onnx)}
+    else:
+        if not args.run_dir:
+            raise ConfigError("give a run folder to serve (or --onnx FILE): sppnet serve RUN")
+        predictor = Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device))
+        info = {"model": predictor.model.config.get("name", "model"), "source": str(args.run_dir)}
+    print(f"Serving {info['source']} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    try:
+        serve(predictor, args.host, args.port, int(args.max_upload_mb * 1024 * 1024), info)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     from .report import STUDY_VARIANTS
 
@@ -438,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_compare(sub)
+    _add_serve(sub)
     _add_export(sub)
     _add_data(sub)
     _add_models(sub)

@@ -13,6 +13,7 @@ Cache: downloads and extracted archives live under ``$SPPNET_HOME`` if set, else
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -414,31 +415,38 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes,
     target_size: Callable[[int, int], tuple[int, int]] | None = None,
     max_pixels: int = MAX_PIXELS,
+    name: str | None = None,
 ) -> Image.Image:
-    """Decodes an image file to an upright RGB (8 bits a channel) PIL image.
+    """Decodes an image file (or the bytes of one) to an upright RGB (8 bits a channel) PIL image.
 
     EXIF orientation is applied; grey, palette, CMYK and 16-bit images become RGB; transparent
     ones are composited on white.
 
     Args:
-        path: the image file.
+        path: the image file, or its content as bytes.
         target_size: maps the upright (width, height) to the (width, height) to return; the image
             is resized bilinearly (with antialiasing) to it. JPEGs are then decoded at a reduced
             scale (draft mode) when that still leaves at least the target size: much faster.
             Default: keep the decoded size.
         max_pixels: larger images are refused as decompression bombs. Default :data:`MAX_PIXELS`.
+        name: how messages name the image (default: the path; ``<bytes>`` for bytes).
 
     Raises:
         DataError: naming the file: missing, unreadable, truncated, not an image, or too large.
     """
-    path = Path(path)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source, path = io.BytesIO(path), name or "<bytes>"
+    else:
+        path = Path(path)
+        source = path
+        path = name or path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise DataError(

@@ -115,10 +115,10 @@ class Predictor:
             return self.size, self.size
         return self._native.store_size(width, height)
 
-    def prepare(self, image: str | os.PathLike | Image.Image | np.ndarray) -> torch.Tensor:
-        """Decodes (if a path) and resizes one image: float (1, 3, H, W), RGB 0..255."""
-        if isinstance(image, (str, os.PathLike)):
-            pil = decode_image(image, self._target)
+    def prepare(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> torch.Tensor:
+        """Decodes (a path or encoded bytes) and resizes one image: float (1, 3, H, W), RGB 0..255."""
+        if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+            pil = decode_image(image, self._target, name=name)
         else:
             if isinstance(image, np.ndarray):
                 image = Image.fromarray(image)
@@ -136,16 +136,17 @@ class Predictor:
         """Class probabilities (N, classes) of prepared images."""
         return torch.softmax(self.model(x.to(self.device)).float(), dim=1).cpu()
 
-    def predict(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Prediction:
-        """Classifies one image (a path, a PIL image or an RGB uint8 array).
+    def predict(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> Prediction:
+        """Classifies one image: a path, the encoded bytes of an image file, a PIL image or an RGB
+        uint8 array. ``name`` names it in messages and in the result (default: the path).
 
         Raises:
             DataError: naming the file, when it cannot be read or decoded.
         """
-        x = self.prepare(image)
+        x = self.prepare(image, name)
         probs = self.probabilities(x)[0]
         best = int(probs.argmax())
-        source = str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
+        source = name or (str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
         return Prediction(
             source=source,
             class_name=self.class_names[best],

@@ -1,0 +1,253 @@
+"""The HTTP service through a real client against a server on 127.0.0.1, and its page in Chromium."""
+
+import io
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+
+from sppnet.cli import main
+from sppnet.predict import Predictor
+from sppnet.serve import create_app
+
+from conftest import make_dataset, write_image
+
+MAX_UPLOAD_MB = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    data = make_dataset(tmp_path_factory.mktemp("data") / "ds", {"amber": 8, "jade": 8, "sky": 8}, size=(48, 36), vary=True)
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--size", "32", "--batch-size", "8"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    """``sppnet serve`` in a subprocess, as a user starts it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sppnet", "serve", str(run), "--port", str(port), "--max-upload-mb", str(MAX_UPLOAD_MB)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                pytest.fail(f"sppnet serve exited: {proc.stdout.read()}")
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("sppnet serve did not answer /health within 60 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def jpeg_bytes(size=(64, 40), seed=0) -> bytes:
+    """A JPEG of a deterministic pattern."""
+    pattern = bytes((i * 7 + seed) % 256 for i in range(size[0] * size[1] * 3))
+    buf = io.BytesIO()
+    Image.frombytes("RGB", size, pattern).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def png_bomb(width=20_000, height=20_000) -> bytes:
+    """A small PNG whose header claims width x height pixels (400 M > the 64 M limit)."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def check_prediction(answer: dict, width: int, height: int) -> None:
+    assert set(answer) >= {"class", "confidence", "probabilities", "width", "height", "sentence"}
+    assert list(answer["probabilities"]) == ["amber", "jade", "sky"]
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert answer["confidence"] == max(answer["probabilities"].values())
+    assert answer["class"] == max(answer["probabilities"], key=answer["probabilities"].get)
+    assert (answer["width"], answer["height"]) == (width, height)
+    assert answer["sentence"] == (f"This image most likely belongs to {answer['class']} with "
+                                  f"{100 * answer['confidence']:.2f} percent confidence.")
+
+
+def test_health_and_model(server):
+    assert httpx.get(server + "/health").json() == {"status": "ok"}
+    model = httpx.get(server + "/model").json()
+    assert model["classes"] == ["amber", "jade", "sky"] and model["input_size"] == 32
+    assert model["model"] == "spp" and model["sppnet_version"]
+    assert model["max_upload_bytes"] == MAX_UPLOAD_MB * 1024 * 1024
+
+
+def test_predict_multipart_and_raw_bytes_agree(server, run):
+    image = jpeg_bytes((64, 40))
+    multipart = httpx.post(server + "/predict", files={"image": ("x.jpg", image, "image/jpeg")})
+    raw = httpx.post(server + "/predict", content=image, headers={"content-type": "image/jpeg"})
+    assert multipart.status_code == raw.status_code == 200
+    check_prediction(multipart.json(), 51, 32)  # native aspect: shorter side at the training size 32
+    assert raw.json() == multipart.json()
+    local = Predictor.from_run(run).predict(image)
+    assert multipart.json()["confidence"] == pytest.approx(local.confidence, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"just some text, no image", 400, "not an image"),
+        (jpeg_bytes()[:300], 400, "cannot decode image"),
+        (png_bomb(), 400, "decompression bomb"),
+        (b"", 400, "empty upload"),
+        (b"\xff" * (MAX_UPLOAD_MB * 1024 * 1024 + 1), 413, "larger than the limit"),
+    ],
+    ids=["not-an-image", "truncated", "bomb", "empty", "too-large"],
+)
+def test_bad_uploads_get_a_json_error_and_the_server_keeps_serving(server, body, status, message):
+    for send in ({"content": body}, {"files": {"image": ("bad.jpg", body, "image/jpeg")}}):
+        response = httpx.post(server + "/predict", **send)
+        assert response.status_code == status, response.text
+        assert message in response.json()["error"]
+        assert httpx.get(server + "/health").status_code == 200
+    check_prediction(httpx.post(server + "/predict", content=jpeg_bytes((40, 64))).json(), 32, 51)
+
+
+def test_multipart_without_the_image_field_is_400(server):
+    response = httpx.post(server + "/predict", files={"photo": ("x.jpg", jpeg_bytes(), "image/jpeg")})
+    assert response.status_code == 400 and "no file field 'image'" in response.json()["error"]
+
+
+def test_concurrent_requests_all_answer(server):
+    images = [jpeg_bytes((48 + 8 * k, 40), seed=k) for k in range(4)]
+    with httpx.Client() as client:
+        expected = [client.post(server + "/predict", content=im).json() for im in images]
+
+    def post(k: int) -> dict:
+        with httpx.Client() as client:
+            response = client.post(server + "/predict", content=images[k % 4])
+            assert response.status_code == 200
+            return response.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, range(32)))
+    for k, answer in enumerate(answers):
+        assert answer["probabilities"] == pytest.approx(expected[k % 4]["probabilities"], abs=1e-6)
+
+
+def test_requests_run_concurrently_on_one_shared_model(run):
+    """Two predictions are in flight at once (a barrier both must reach), on one Predictor."""
+    predictor = Predictor.from_run(run)
+    barrier = threading.Barrier(2, timeout=20)
+    calls = []
+    original = predictor.predict
+
+    def predict(data, name=None):
+        calls.append(id(predictor))
+        barrier.wait()  # raises BrokenBarrierError if requests were handled one at a time
+        return original(data, name)
+
+    predictor.predict = predict
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with ThreadPoolExecutor(2) as pool:
+            statuses = list(pool.map(lambda _: httpx.post(f"http://127.0.0.1:{port}/predict", content=jpeg_bytes(),
+                                                           timeout=30).status_code, range(2)))
+        assert statuses == [200, 200] and len(calls) == 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_page_is_self_contained(server):
+    page = httpx.get(server + "/").text
+    assert "<title>sppnet</title>" in page and 'id="file"' in page
+    assert "http://" not in page and "https://" not in page and "//cdn" not in page
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give a run folder to serve"),
+        (["RUN", "--port", "70000"], "--port must be an integer in 0..65535"),
+        (["RUN", "--max-upload-mb", "0"], "--max-upload-mb must be a positive number"),
+        (["RUN", "--onnx", "x.onnx"], "either a run folder or --onnx"),
+        (["missing-run"], "missing-run"),
+    ],
+)
+def test_bad_serve_options_get_one_line(args, message, run, capsys):
+    args = [str(run) if a == "RUN" else a for a in args]
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+
+
+def test_port_in_use_gets_one_line(run, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--port {port}: cannot listen there" in err
+
+
+def chromium_path() -> str:
+    path = os.environ.get("SPPNET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("the page test needs Chromium: apt-get install chromium (or set SPPNET_CHROMIUM); "
+                    "deselect it with -m 'not browser'")
+    return path
+
+
+@pytest.mark.browser
+def test_page_in_headless_chromium_shows_the_prediction(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = write_image(tmp_path / "photo.png", size=(60, 45), color=(40, 200, 60))
+    answer = httpx.post(server + "/predict", content=photo.read_bytes()).json()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server + "/")
+            expect(page.locator("#about")).to_contain_text("3 classes (amber, jade, sky)")
+            page.set_input_files("#file", str(photo))
+            expect(page.locator("#sentence")).to_have_text(answer["sentence"], timeout=20_000)
+            expect(page.locator("#preview")).to_be_visible()
+            bars = page.locator("#bars .bar")
+            expect(bars).to_have_count(3)
+            assert bars.first.get_attribute("data-class") == answer["class"]
+            # a bad file shows the server's error and the page stays usable
+            bad = tmp_path / "notes.jpg"
+            bad.write_bytes(b"not a photo")
+            page.set_input_files("#file", str(bad))
+            expect(page.locator("#error")).to_contain_text("not an image")
+        finally:
+            browser.close()
