@@ -154,3 +154,17 @@ def test_bad_preset_on_the_command_line_gets_one_line(dataset, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown --preset 'fastest'" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_bf16_precision_trains_and_records_peak_memory(dataset, tmp_path):
+    out = tmp_path / "bf16"
+    assert main(["train", str(dataset), "--size", "32", "--precision", "bf16", "--out", str(out), *FAST]) == 0
+    history = RunFolder(out).read_history()
+    assert all(math.isfinite(history[-1][k]) for k in ("loss", "val_loss"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["peak_rss_mb"] > 50
+    assert json.loads((out / "config.json").read_text())["train"]["precision"] == "bf16"
+    weights = RunFolder(out).load_weights("last")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # autocast leaves the weights fp32
+    with pytest.raises(ConfigError, match="--precision must be one of fp32, bf16"):
+        TrainConfig(precision="fp16").validate()

@@ -186,6 +186,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         help="validate on this share of the training split instead, for tuning (default 0)")
     parser.add_argument("--seed", type=int, help="seed of the split, initialisation, shuffling, augmentation (default 123)")
     parser.add_argument("--split-seed", type=int, help="seed of the split alone, to vary the rest on one split (default: --seed)")
+    parser.add_argument("--precision", help="fp32 (default) or bf16 (autocast; fast where the CPU or GPU has bf16 units)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend under torchrun (default: gloo on CPU, nccl on CUDA)")
@@ -199,7 +200,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     names = ("model", "levels", "pool", "augment", "rotation", "zoom", "dropout", "widths", "hidden", "batch_norm",
              "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "weight_decay", "label_smoothing",
-             "flip_test", "val_split", "holdout", "seed", "split_seed", "limit")
+             "flip_test", "val_split", "holdout", "seed", "split_seed", "precision", "limit")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if any(v is not None for v in (args.size, args.sizes, args.size_range, args.native)):
         overrides["policy"] = parse_policy(args.size, args.sizes, args.size_range, args.native).to_config()

@@ -46,11 +46,12 @@ def mirror(images: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Ten
 
 @torch.inference_mode()
 def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
-                    flip: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    flip: bool = False, amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs a model (in eval mode) over batches.
 
     With ``flip``, each image's softmax is averaged with its mirror image's (test-time
     augmentation; the study's augmentation flips left-right, so both views are in-distribution).
+    ``amp_dtype`` runs the model under autocast (e.g. bfloat16).
 
     Returns:
         probabilities (N, classes), labels (N,) and dataset indices (N,), on the CPU, in batch order.
@@ -61,9 +62,10 @@ def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: to
     try:
         for batch in batches:
             images, sizes, y = to_device_batch(batch, device)
-            p = torch.softmax(model(images, sizes).float(), dim=1)
-            if flip:
-                p = 0.5 * (p + torch.softmax(model(mirror(images, sizes), sizes).float(), dim=1))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                p = torch.softmax(model(images, sizes).float(), dim=1)
+                if flip:
+                    p = 0.5 * (p + torch.softmax(model(mirror(images, sizes), sizes).float(), dim=1))
             probs.append(p.cpu())
             labels.append(batch.labels)
             indices.append(batch.indices)

@@ -72,6 +72,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name: None for fp32."""
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 @dataclass
@@ -112,6 +118,7 @@ class TrainConfig:
     holdout: float = 0.0  # > 0: validate on this share of the *training* split (for tuning)
     flip_test: bool = False  # validation averages each image's and its mirror image's softmax
     split_seed: int | None = None  # the split's seed when it differs from ``seed``
+    precision: str = "fp32"  # fp32 | bf16 (autocast: bfloat16 matmuls and convolutions)
 
     @property
     def data_seed(self) -> int:
@@ -157,6 +164,8 @@ class TrainConfig:
         number("weight_decay", 0, 1)
         number("label_smoothing", 0, 1)
         number("holdout", 0, 1)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         for name in ("augment", "batch_norm", "flip_test"):
@@ -280,6 +289,7 @@ def train_one_epoch(
     ctx: DistContext | None = None,
     lr_at=None,
     label_smoothing: float = 0.0,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the training batches.
 
@@ -289,7 +299,8 @@ def train_one_epoch(
     drawn for the whole global batch and each rank applies its share, as one process would.
 
     ``lr_at(step)`` (step counted from 0 in this epoch), when given, sets the learning rate of
-    every parameter group before each step.
+    every parameter group before each step. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
+    forward pass under autocast; weights, optimizer and loss stay float32.
 
     Returns:
         Mean loss, accuracy and the number of images seen (over all ranks).
@@ -312,7 +323,9 @@ def train_one_epoch(
             lr = lr_at(step - 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        logits = model(images, sizes)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images, sizes)
+        logits = logits.float()
         summed = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
         loss = summed * (ctx.world_size / global_n)
         optimizer.zero_grad(set_to_none=True)
@@ -503,13 +516,14 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
                 net, optimizer, batches, device, augment, generator,
                 on_step if reporter.wants_steps else None, ctx,
                 lr_at=lr_at if config.schedule != "constant" or config.warmup_epochs else None,
-                label_smoothing=config.label_smoothing,
+                label_smoothing=config.label_smoothing, amp_dtype=autocast_dtype(config.precision),
             )
             train_seconds = time.perf_counter() - t0
             val_batches = val_view.batches(val_store, config.batch_size, shuffle=False, rank=ctx.rank,
                                            world_size=ctx.world_size, drop_incomplete=False)
             probs, labels, indices = gather_predictions(
-                ctx, *predict_batches(model, val_batches, device, flip=config.flip_test))
+                ctx, *predict_batches(model, val_batches, device, flip=config.flip_test,
+                                      amp_dtype=autocast_dtype(config.precision)))
             evaluation = summarize_predictions(probs, labels, class_names)
             seconds = time.perf_counter() - t0
             row = {
@@ -528,6 +542,16 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
     ctx.barrier()
     metrics = run.read_json("metrics.json") if ctx.is_main and run.file("metrics.json").is_file() else {}
     return metrics
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if platform.system() == "Darwin" else 1024), 1)
 
 
 def _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_seconds, n_train, failures) -> None:
@@ -550,6 +574,7 @@ def _save_epoch(run, model, optimizer, history, row, evaluation, best, config, t
         "seconds_per_epoch_median": statistics.median(epoch_seconds),
         "train_images_per_second_last_epoch": n_train / train_seconds if train_seconds > 0 else None,
         "parameters": count_parameters(model),
+        "peak_rss_mb": peak_rss_mb(),
         "skipped_files": [reason for _, reason in failures],
     }
     run.write_json("metrics.json", metrics)
