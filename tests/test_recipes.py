@@ -168,3 +168,16 @@ def test_bf16_precision_trains_and_records_peak_memory(dataset, tmp_path):
     assert all(w.dtype == torch.float32 for w in weights.values())  # autocast leaves the weights fp32
     with pytest.raises(ConfigError, match="--precision must be one of fp32, bf16"):
         TrainConfig(precision="fp16").validate()
+
+
+def test_predictor_flip_averages_the_mirror_image():
+    from sppnet.predict import Predictor
+
+    torch.manual_seed(0)
+    model = build_model("spp", num_classes=3).eval()
+    x = torch.rand(1, 3, 40, 56) * 255
+    plain = Predictor(model, ["a", "b", "c"], 40).probabilities(x)
+    mirrored = Predictor(model, ["a", "b", "c"], 40).probabilities(x.flip(-1))
+    both = Predictor(model, ["a", "b", "c"], 40, flip=True).probabilities(x)
+    torch.testing.assert_close(both, 0.5 * (plain + mirrored))
+    assert not torch.allclose(plain, mirrored)

@@ -292,6 +292,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--onnx", metavar="FILE", help="classify with an exported ONNX model through onnxruntime instead of a run")
     parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead")
     parser.add_argument("--top-k", type=int, default=None, help="print the K most likely classes")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image with its mirror image (default: as the run validated)")
     parser.add_argument("--weights", default="best", choices=["best", "last"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
@@ -308,12 +310,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be an integer >= 1, got {args.top_k}")
     if args.onnx:
-        predictor = Predictor.from_onnx(args.onnx, args.size)
+        predictor = Predictor.from_onnx(args.onnx, args.size, bool(args.flip))
         images = [args.run_dir, *args.images]
     else:
         if not args.images:
             raise ConfigError("give a run folder and at least one image: sppnet predict RUN IMAGE_OR_FOLDER...")
-        predictor = Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device))
+        predictor = Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device), args.flip)
         images = args.images
     paths = expand_images(images)
     if not paths:

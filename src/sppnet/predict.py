@@ -73,11 +73,13 @@ class Predictor:
         train_size: the run's training size: the shorter side images are scaled to by default.
         size: if given, images are warped to ``size`` x ``size`` instead.
         device: where the model runs.
+        flip: average each image's softmax with its mirror image's (twice the work).
     """
 
     def __init__(self, model: torch.nn.Module, class_names: Sequence[str], train_size: int = 180,
-                 size: int | None = None, device: torch.device | str = "cpu") -> None:
+                 size: int | None = None, device: torch.device | str = "cpu", flip: bool = False) -> None:
         self.model = model.eval()
+        self.flip = bool(flip)
         self.class_names = list(class_names)
         self.device = torch.device(device)
         self.train_size = int(train_size)
@@ -93,22 +95,25 @@ class Predictor:
 
     @classmethod
     def from_run(cls, path: str | os.PathLike, weights: str = "best", size: int | None = None,
-                 device: str | torch.device = "cpu") -> "Predictor":
-        """Loads a run folder's model (``best`` or ``last`` weights)."""
+                 device: str | torch.device = "cpu", flip: bool | None = None) -> "Predictor":
+        """Loads a run folder's model (``best`` or ``last`` weights). ``flip`` defaults to the
+        run's own test view (its ``flip_test``)."""
         if weights not in ("best", "last"):
             raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
         run = RunFolder(path)
         config = run.read_config()
         model = run.load_model(weights, device)
-        return cls(model, config["class_names"], config.get("input_size") or 180, size, device)
+        if flip is None:
+            flip = bool(config.get("train", {}).get("flip_test", False))
+        return cls(model, config["class_names"], config.get("input_size") or 180, size, device, flip)
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, size: int | None = None) -> "Predictor":
+    def from_onnx(cls, path: str | os.PathLike, size: int | None = None, flip: bool = False) -> "Predictor":
         """Classifies with an ONNX file exported by sppnet, through onnxruntime (CPU)."""
         from .export import OnnxModel
 
         model = OnnxModel(path)
-        return cls(model, model.class_names, model.input_size, size, "cpu")
+        return cls(model, model.class_names, model.input_size, size, "cpu", flip)
 
     def _target(self, width: int, height: int) -> tuple[int, int]:
         if self.size is not None:
@@ -134,7 +139,11 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, classes) of prepared images."""
-        return torch.softmax(self.model(x.to(self.device)).float(), dim=1).cpu()
+        x = x.to(self.device)
+        probs = torch.softmax(self.model(x).float(), dim=1)
+        if self.flip:
+            probs = 0.5 * (probs + torch.softmax(self.model(x.flip(-1)).float(), dim=1))
+        return probs.cpu()
 
     def predict(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> Prediction:
         """Classifies one image: a path, the encoded bytes of an image file, a PIL image or an RGB
