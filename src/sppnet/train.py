@@ -66,7 +66,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "weight_decay": 0.05,
         "flip_test": True,
-        "epochs": 30,
     },
 }
 
