@@ -251,3 +251,10 @@ def test_page_in_headless_chromium_shows_the_prediction(server, tmp_path):
             expect(page.locator("#error")).to_contain_text("not an image")
         finally:
             browser.close()
+
+
+def test_missing_serve_extra_gets_one_line(run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
+    assert main(["serve", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'sppnet[serve]'" in err and "fastapi" in err
