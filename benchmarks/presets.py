@@ -30,11 +30,11 @@ from sppnet.train import TrainConfig, train
 
 TUNING = {
     "study": dict(preset="study"),
+    # native 180 + cosine at the study's 1e-3 + mirror test view, with label smoothing and decay
+    "study-plus-ls-wd": dict(preset="study-plus", lr=1e-3, warmup_epochs=0, label_smoothing=0.1, weight_decay=0.05),
     "study-plus": dict(preset="study-plus"),
     "study-plus-no-native": dict(preset="study-plus", policy={"kind": "fixed", "size": 180}),
-    "study-plus-no-cosine": dict(preset="study-plus", schedule="constant"),
-    "study-plus-no-smoothing": dict(preset="study-plus", label_smoothing=0.0),
-    "study-plus-no-decay": dict(preset="study-plus", weight_decay=0.0),
+    "study-plus-no-cosine": dict(preset="study-plus", schedule="constant", lr=1e-3, warmup_epochs=0),
     "best": dict(preset="best"),
 }
 PRESETS = ("study", "study-plus", "best")
@@ -100,12 +100,15 @@ def main() -> None:
         if finished(path):
             s = summary(path)
             print(f"| {name} | {s['accuracy']:.4f} | {s['ece']:.3f} | {s['epochs']} | {s['minutes']:.0f} |")
-    plus = out / "tune" / "study-plus"
-    if finished(plus):
-        for label, kwargs in (("study-plus without mirror images at test", dict(flip=False)),
-                              ("study-plus tested warped to 180x180, no mirror", dict(size=180, flip=False))):
-            ev = evaluate_run(plus, weights="last", device=args.device, **kwargs)
-            print(f"| {label} | {ev.accuracy:.4f} | {ev.ece:.3f} | | |")
+    for base in ("study", "study-plus"):
+        tuned = out / "tune" / base
+        if not finished(tuned):
+            continue
+        for label, kwargs in (("mirror images at test", dict(flip=True)), ("no mirror images at test", dict(flip=False)),
+                              ("whole images (native 180) at test", dict(native=180, flip=False)),
+                              ("warped to 180x180 at test", dict(size=180, flip=False))):
+            ev = evaluate_run(tuned, weights="last", device=args.device, **kwargs)
+            print(f"| {base}, {label} | {ev.accuracy:.4f} | {ev.ece:.3f} | | |")
 
     print("\n## Validation split (734 files, seed 123), 3 training seeds\n")
     print("| preset | val acc (final epoch), mean ± sd | per seed | ECE | confidence right / wrong | CPU minutes per run |")
