@@ -42,6 +42,8 @@ def test_preset_values_and_explicit_overrides():
 def test_unknown_preset_and_bad_recipe_values_are_refused():
     with pytest.raises(ConfigError, match="unknown --preset 'fast'.*study-plus"):
         TrainConfig.from_preset("fast")
+    with pytest.raises(ConfigError, match="unknown training option.*: lr_max"):
+        TrainConfig.from_preset("study", lr_max=1.0)
     for field, value, match in [
         ("schedule", "linear", "--schedule must be one of constant, cosine"),
         ("label_smoothing", 1.5, "--label-smoothing must be a number in"),

@@ -128,6 +128,9 @@ class TrainConfig:
         """A configuration from a named preset (see ``PRESETS``), with fields overridden."""
         if preset not in PRESETS:
             raise ConfigError(f"unknown --preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
         values = {**PRESETS[preset], **overrides, "preset": preset}
         return cls.from_dict(values)
 
