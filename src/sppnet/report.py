@@ -152,7 +152,8 @@ def write_comparison(out: str | Path, names: Sequence[str]) -> Path:
             f"| {name} | {metrics['final']['val_accuracy']:.4f} | {metrics['best']['val_accuracy']:.4f} "
             f"(epoch {metrics['best']['epoch']}) | {metrics['final']['val_loss']:.4f} (min at epoch {min_loss_epoch}) | "
             f"{metrics['final']['accuracy']:.4f} | {metrics['seconds_per_epoch_median']:.1f} | {metrics['parameters']:,} | "
-            f"{val.get('confidence_right', float('nan')):.4f} | {val.get('ece', float('nan')):.4f} | "
+            f"{val.get('confidence_right', float('nan')):.4f} | {val.get('confidence_wrong', float('nan')):.4f} | "
+            f"{val.get('ece', float('nan')):.4f} | "
             f"{_study(study)} |"
         )
     lines = [
@@ -162,8 +163,8 @@ def write_comparison(out: str | Path, names: Sequence[str]) -> Path:
         "the Keras-compatible 80/20 split (seed 123). Final = last epoch; best = best epoch by validation accuracy.",
         "",
         "| variant | val acc (final) | val acc (best) | val loss (final) | train acc | s/epoch | parameters | "
-        "mean confidence when right | ECE | study |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "mean confidence when right | when wrong | ECE (15 bins) | study |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *rows,
         "",
         "![validation curves](comparison.png)",
