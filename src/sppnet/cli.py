@@ -300,22 +300,33 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_predict)
 
 
+def _load_predictor(args: argparse.Namespace):
+    """The Predictor of ``--onnx FILE`` or of the run folder, with --size, --weights, --device and
+    --flip (where the command has it; default: the run's own test view)."""
+    from .predict import Predictor
+    from .train import resolve_device
+
+    flip = getattr(args, "flip", None)
+    if args.onnx:
+        return Predictor.from_onnx(args.onnx, args.size, bool(flip))
+    return Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device), flip)
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     import json
 
     from .errors import ConfigError, SppnetError
-    from .predict import Predictor, expand_images
-    from .train import resolve_device
+    from .predict import expand_images
 
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be an integer >= 1, got {args.top_k}")
     if args.onnx:
-        predictor = Predictor.from_onnx(args.onnx, args.size, bool(args.flip))
+        predictor = _load_predictor(args)
         images = [args.run_dir, *args.images]
     else:
         if not args.images:
             raise ConfigError("give a run folder and at least one image: sppnet predict RUN IMAGE_OR_FOLDER...")
-        predictor = Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device), args.flip)
+        predictor = _load_predictor(args)
         images = args.images
     paths = expand_images(images)
     if not paths:
@@ -371,9 +382,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import math
 
     from .errors import ConfigError
-    from .predict import Predictor
     from .serve import _require_serve_deps, serve
-    from .train import resolve_device
 
     _require_serve_deps()
     if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
@@ -381,12 +390,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.onnx:
         if args.run_dir:
             raise ConfigError("give either a run folder or --onnx FILE, not both")
-        predictor = Predictor.from_onnx(args.onnx, args.size)
+        predictor = _load_predictor(args)
         info = {"model": "onnx", "source": str(args.onnx)}
     else:
         if not args.run_dir:
             raise ConfigError("give a run folder to serve (or --onnx FILE): sppnet serve RUN")
-        predictor = Predictor.from_run(args.run_dir, args.weights, args.size, resolve_device(args.device))
+        predictor = _load_predictor(args)
         info = {"model": predictor.model.config.get("name", "model"), "source": str(args.run_dir)}
     print(f"Serving {info['source']} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     try:

@@ -438,11 +438,10 @@ def decode_image(
         DataError: naming the file: missing, unreadable, truncated, not an image, or too large.
     """
     if isinstance(path, (bytes, bytearray, memoryview)):
-        source, path = io.BytesIO(path), name or "<bytes>"
+        source = io.BytesIO(path)
     else:
-        path = Path(path)
-        source = path
-        path = name or path
+        source = Path(path)
+    path = name or (source if isinstance(source, Path) else "<bytes>")  # how messages name it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

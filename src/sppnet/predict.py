@@ -23,6 +23,7 @@ from PIL import Image
 
 from .data import decode_image
 from .errors import ConfigError
+from .evaluate import mirror
 from .runs import RunFolder
 from .sizing import Native
 
@@ -142,7 +143,7 @@ class Predictor:
         x = x.to(self.device)
         probs = torch.softmax(self.model(x).float(), dim=1)
         if self.flip:
-            probs = 0.5 * (probs + torch.softmax(self.model(x.flip(-1)).float(), dim=1))
+            probs = 0.5 * (probs + torch.softmax(self.model(mirror(x)).float(), dim=1))
         return probs.cpu()
 
     def predict(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> Prediction:

@@ -144,12 +144,11 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, max_upload: int = DEFAULT_MAX_UPLOAD,
           model_info: dict | None = None, log_level: str = "info") -> None:
     """Runs the service with uvicorn until interrupted."""
-    _require_serve_deps()
+    app = create_app(predictor, max_upload, model_info)  # checks the serve extra is installed
     import uvicorn
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"--port must be an integer in 0..65535, got {port!r}")
-    app = create_app(predictor, max_upload, model_info)
     try:  # a clear line now rather than uvicorn's log and exit
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:

@@ -135,10 +135,10 @@ class TrainConfig:
         return cls.from_dict(values)
 
     def validate(self) -> None:
-        def positive_int(name: str) -> None:
+        def integer(name: str, minimum: int) -> None:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
 
         def number(name: str, low: float, high: float, high_open: bool = True) -> None:
             value = getattr(self, name)
@@ -149,15 +149,12 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a number in [{low}, {high}{bracket}, got {value!r}")
 
         for name in ("epochs", "batch_size", "hidden"):
-            positive_int(name)
-        if self.limit is not None:
-            positive_int("limit")
-        for name in ("seed", "split_seed"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ConfigError(f"--warmup-epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+            integer(name, 1)
+        for name, minimum in (("limit", 1), ("split_seed", 0)):
+            if getattr(self, name) is not None:
+                integer(name, minimum)
+        integer("seed", 0)
+        integer("warmup_epochs", 0)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
         number("rotation", 0, 0.5, high_open=False)
