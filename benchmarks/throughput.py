@@ -7,6 +7,10 @@ Measures, in one run, with synthetic uint8 images (speed does not depend on pixe
   * inference images/s at batch 32 (180x180) and single-image latency at 240x320;
   * the achieved FLOP/s as a fraction of the fp32 matmul peak measured in the same run
     (one training image at 180x180 costs about 0.54 GFLOP: forward 0.18, backward twice that);
+  * where a training step's time goes: batch assembly, augmentation, forward, backward and the
+    optimizer, timed around each phase (not with torch.profiler, whose bookkeeping changes how
+    glibc reuses memory and turns the 66 MB gradient buffer of the first pooling layer into
+    fresh pages every step, so that a zero-fill seems to take a third of the step);
   * with --precision bf16, the same under CPU autocast (bfloat16).
 
     python benchmarks/throughput.py [--precision fp32|bf16] [--steps 20] [--native]
@@ -21,10 +25,12 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sppnet._perf import keep_freed_memory
 from sppnet.augment import Augment
 from sppnet.data import ImageStore
+from sppnet.evaluate import to_device_batch
 from sppnet.models import build_model
 from sppnet.sizing import Fixed, Native
 from sppnet.train import autocast_dtype, peak_rss_mb, train_one_epoch
@@ -50,6 +56,33 @@ def matmul_peak(dtype: torch.dtype, largest: int = 2048, repeats: int = 10) -> f
         a @ b
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def step_phases(model, optimizer, batches, augment, generator) -> dict[str, float]:
+    """Median seconds of each phase of the training steps over ``batches`` (the same work as
+    :func:`sppnet.train.train_one_epoch`, timed phase by phase)."""
+    model.train()
+    times: dict[str, list[float]] = {k: [] for k in ("assembly", "augmentation", "forward", "backward", "optimizer")}
+    batches = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            break
+        images, sizes, labels = to_device_batch(batch, torch.device("cpu"))
+        t1 = time.perf_counter()
+        images = augment(images, sizes, generator)
+        t2 = time.perf_counter()
+        loss = F.cross_entropy(model(images, sizes).float(), labels)
+        t3 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t4 = time.perf_counter()
+        optimizer.step()
+        t5 = time.perf_counter()
+        for name, a, b in zip(times, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+            times[name].append(b - a)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main() -> None:
@@ -94,6 +127,8 @@ def main() -> None:
         steps = np.diff([t0, *step_times])
         train_ips = 32 / statistics.median(steps)
 
+        phases = step_phases(model, optimizer, policy.batches(store, 32, epoch=2, seed=0), augment, generator)
+
         model.eval()
         x = torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=torch.channels_last)
         one = torch.rand(1, 3, 240, 320).mul(255).contiguous(memory_format=torch.channels_last)
@@ -111,6 +146,9 @@ def main() -> None:
     print(f"training : {train_ips:6.1f} images/s ({1000 * statistics.median(steps):.0f} ms/step; "
           f"{2936 / train_ips:.1f} s per flowers epoch); {achieved:.0f} GFLOP/s = "
           f"{achieved / peak32:.0%} of fp32 peak, {achieved / peak16:.0%} of bf16 peak")
+    total = sum(phases.values())
+    print("training step phases (medians): " + ", ".join(
+        f"{name} {1000 * t:.1f} ms ({t / total:.0%})" for name, t in phases.items()))
     print(f"inference: {infer_ips:6.1f} images/s at batch 32; single 240x320 image "
           f"{1000 * statistics.median(single_t):.1f} ms")
     print(f"peak RSS of this benchmark: {peak_rss_mb():.0f} MB (a full training run records its own in metrics.json)")

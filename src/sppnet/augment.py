@@ -130,21 +130,31 @@ class Augment:
             dx, dy = _reflect(dx + cx, w) - cx, _reflect(dy + cy, h) - cy
         # Counter-clockwise picture rotation: sample the input at the clockwise-rotated point
         # (y points down in pixel coordinates). The flip mirrors x about the centre, folded into
-        # the coefficients: x_in = cx + sign * (cos * dx - sin * dy).
+        # the coefficients: x_in = cx + sign * (cos * dx - sin * dy), y_in = cy + sin * dx + cos * dy,
+        # each the sum of a row term (N, 1, W) and a column term (N, H, 1).
         sign = 1 - 2 * params.flip.to(device, torch.float32).view(n, 1, 1)
-        src_x = (sign * cos) * dx - (sign * sin) * dy + cx  # (N, H, W)
-        src_y = sin * dx + cos * dy + cy  # (N, H, W)
-        if reflect:
-            # Within [-0.5, len - 0.5] a coordinate beyond the last pixel centre reads that pixel
-            # (its mirror image), so clamping to the centres gives reflect's bilinear values.
-            src_x = torch.clamp(_reflect(src_x, w), torch.zeros_like(w), w - 1)
-            src_y = torch.clamp(_reflect(src_y, h), torch.zeros_like(h), h - 1)
+        terms = (
+            ((sign * cos) * dx + cx, -(sign * sin) * dy, w, 2 / max(width - 1, 1)),
+            (sin * dx, cos * dy + cy, h, 2 / max(height - 1, 1)),
+        )
+        # grid_sample's coordinates (align_corners=True): pixel centre i -> i * scale - 1. Every
+        # full-size (N, H, W) pass writes in place or straight into the grid: this arithmetic
+        # costs as much as the resampling itself when written plainly.
+        grid = torch.empty(n, height, width, 2, device=device, dtype=torch.float32)
+        for i, (row, col, length, scale) in enumerate(terms):
+            out = grid[..., i]
+            if reflect:
+                # Reflect into [-0.5, length - 0.5] (see _reflect), clamp to the first and last
+                # pixel centres (beyond them, reflect's bilinear value is that pixel's), and
+                # scale, in six passes: r = length - 0.5 - |((c + 0.5) mod 2 length) - length|.
+                folded = torch.add(row + 0.5, col).remainder_(2 * length).sub_(length).abs_()
+                torch.sub((length - 0.5) * scale - 1, folded, alpha=scale, out=out)
+                out.clamp_(torch.full_like(length, -1.0), (length - 1) * scale - 1)
+            else:
+                torch.add(row * scale - 1, col * scale, out=out)
         # Constant fill reads zeros outside the image: beyond the tensor through grid_sample's
         # zero padding, and inside a padded batch from the (zero) padding itself.
         padding_mode = "border" if reflect else "zeros"
-        grid = torch.stack(
-            (src_x.mul_(2 / max(width - 1, 1)).sub_(1), src_y.mul_(2 / max(height - 1, 1)).sub_(1)), dim=-1
-        )  # (N, H, W, 2), align_corners=True coordinates
         out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=True)
         if sizes is not None:
             valid = (ys < h) & (xs < w)  # (N, H, W)
