@@ -35,7 +35,12 @@ TUNING = {
     "study-plus": dict(preset="study-plus"),
     "study-plus-no-native": dict(preset="study-plus", policy={"kind": "fixed", "size": 180}),
     "study-plus-no-cosine": dict(preset="study-plus", schedule="constant", lr=1e-3, warmup_epochs=0),
-    "best": dict(preset="best"),
+    # the best preset's schedule length, then its ingredients removed one at a time (at 20 epochs)
+    "best50": dict(preset="best"),
+    "best20": dict(preset="best", epochs=20),
+    "best20-no-bn": dict(preset="best", epochs=20, batch_norm=False),
+    "best20-3-blocks": dict(preset="best", epochs=20, widths=(16, 32, 64)),
+    "best20-fixed": dict(preset="best", epochs=20, policy={"kind": "fixed", "size": 128}),
 }
 PRESETS = ("study", "study-plus", "best")
 SEEDS = (123, 1, 2)

@@ -36,6 +36,7 @@ def test_preset_values_and_explicit_overrides():
     assert config.widths == (16, 32, 64) and config.epochs == 20  # the study's network and budget
     best = TrainConfig.from_preset("best")
     assert best.batch_norm and best.widths == tuple(PRESETS["best"]["widths"])
+    assert best.epochs == 50 and TrainConfig.from_preset("best", epochs=3).epochs == 3
     best.validate()
 
 

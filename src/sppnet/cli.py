@@ -172,7 +172,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--widths", type=_int_list, help="conv block widths (default 16,32,64)")
     parser.add_argument("--hidden", type=int, help="dense layer units (default 128)")
     parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="batch norm after each conv (default off)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 20; with --resume, the run's own)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 20, or the preset's: best trains 50; with --resume, the run's own)")
     parser.add_argument("--batch-size", type=int, help="batch size (default 32)")
     parser.add_argument("--lr", type=float, help="learning rate (default 0.001)")
     parser.add_argument("--schedule", help="learning rate schedule: constant or cosine (default constant)")
