@@ -138,8 +138,7 @@ class Augment:
             (sin * dx, cos * dy + cy, h, 2 / max(height - 1, 1)),
         )
         # grid_sample's coordinates (align_corners=True): pixel centre i -> i * scale - 1. Every
-        # full-size (N, H, W) pass writes in place or straight into the grid: this arithmetic
-        # costs as much as the resampling itself when written plainly.
+        # full-size (N, H, W) pass writes in place or straight into the grid (no stacking copy).
         grid = torch.empty(n, height, width, 2, device=device, dtype=torch.float32)
         for i, (row, col, length, scale) in enumerate(terms):
             out = grid[..., i]
