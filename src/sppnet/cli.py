@@ -321,13 +321,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be an integer >= 1, got {args.top_k}")
     if args.onnx:
-        predictor = _load_predictor(args)
         images = [args.run_dir, *args.images]
+    elif not args.images:
+        raise ConfigError("give a run folder and at least one image: sppnet predict RUN IMAGE_OR_FOLDER...")
     else:
-        if not args.images:
-            raise ConfigError("give a run folder and at least one image: sppnet predict RUN IMAGE_OR_FOLDER...")
-        predictor = _load_predictor(args)
         images = args.images
+    predictor = _load_predictor(args)
     paths = expand_images(images)
     if not paths:
         raise ConfigError(f"no image files in {' '.join(map(str, images))}")
@@ -387,15 +386,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     _require_serve_deps()
     if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
         raise ConfigError(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
+    if args.onnx and args.run_dir:
+        raise ConfigError("give either a run folder or --onnx FILE, not both")
+    if not args.onnx and not args.run_dir:
+        raise ConfigError("give a run folder to serve (or --onnx FILE): sppnet serve RUN")
+    predictor = _load_predictor(args)
     if args.onnx:
-        if args.run_dir:
-            raise ConfigError("give either a run folder or --onnx FILE, not both")
-        predictor = _load_predictor(args)
         info = {"model": "onnx", "source": str(args.onnx)}
     else:
-        if not args.run_dir:
-            raise ConfigError("give a run folder to serve (or --onnx FILE): sppnet serve RUN")
-        predictor = _load_predictor(args)
         info = {"model": predictor.model.config.get("name", "model"), "source": str(args.run_dir)}
     print(f"Serving {info['source']} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     try:

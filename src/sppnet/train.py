@@ -46,8 +46,9 @@ DEFAULT_EPOCHS = 20
 #: Named recipes: the TrainConfig fields each sets (options given explicitly override them).
 #: ``study`` is the study's exact setup and the default. ``study-plus`` keeps the study's network
 #: and 20 epochs and changes only the training recipe and the test view; ``best`` may change the
-#: network within the family and trains 50 epochs (about 25 minutes on a 2-core CPU). How they were chosen (on a part of the training split only) and
-#: what each ingredient brings: README, "Accuracy".
+#: network within the family and trains 50 epochs (about 26 minutes on a 2-core CPU). How they
+#: were chosen (on a part of the training split only) and what each ingredient brings: README,
+#: "Accuracy".
 PRESETS: dict[str, dict[str, Any]] = {
     "study": {},
     "study-plus": {
