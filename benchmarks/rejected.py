@@ -1,0 +1,145 @@
+"""Alternatives to the default CPU kernels that were measured and rejected (README, Performance).
+
+Each is timed against the default in the same process, one thread, medians; the printed figure
+is the time ratio alternative / default (above 1: slower):
+
+  * conv weight gradients from contiguous (NCHW) copies, data gradients channels-last;
+  * conv weight gradients as 9 shifted matrix products over a padded map (no im2col);
+  * conv backward with oneDNN off (PyTorch's own im2col convolution);
+  * max pooling + ReLU as a custom autograd function in tensor ops (first-match mask, no
+    zero-fill in backward), and the default pooling + ReLU through torch.compile.
+
+    python benchmarks/rejected.py [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from sppnet._perf import keep_freed_memory
+
+CL = torch.channels_last
+LAYERS = [(3, 16, 180), (16, 32, 90), (32, 64, 45)]  # the study's conv blocks at 180x180
+
+
+def median_ms(fn, repeats: int = 9) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def conv_backward(g, x, w, mask):
+    return torch.ops.aten.convolution_backward(g, x, w, [w.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+
+
+def wgrad_shifted(x: torch.Tensor, g: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Weight gradient of a 3x3 same conv as 9 batched matmuls of shifted views of a padded map."""
+    n, cin, h, w = x.shape
+    cout = g.shape[1]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (N, H+2, W+2, Cin)
+    gp = F.pad(g.permute(0, 2, 3, 1), (0, 0, 0, 2, 0, 2))  # gradient at [0:H, 0:W], zeros around
+    m = n * (h + 2) * (w + 2)
+    blocks = -(-m // chunk)
+    xf = torch.cat((xp.reshape(m, cin), xp.new_zeros(2 * (w + 2) + 2 + chunk, cin)))
+    gf = torch.cat((gp.reshape(m, cout), gp.new_zeros(blocks * chunk - m, cout)))
+    gc = gf.view(blocks, chunk, cout).transpose(1, 2)
+    out = x.new_empty(3, 3, cout, cin)
+    for ky in range(3):
+        for kx in range(3):
+            xc = xf.as_strided((blocks, chunk, cin), (chunk * cin, cin, 1), (ky * (w + 2) + kx) * cin)
+            out[ky, kx] = torch.bmm(gc, xc).sum(0)
+    return out.permute(2, 3, 0, 1)
+
+
+class PoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(x, 2)) on channels-last x; backward writes each input gradient once."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n, c, h, w = x.shape
+        x6 = x[:, :, : h // 2 * 2, : w // 2 * 2].permute(0, 2, 3, 1).unflatten(1, (h // 2, 2)).unflatten(3, (w // 2, 2))
+        out = x6.amax(dim=(2, 4))
+        mask = x6 == out[:, :, None, :, None, :]
+        taken = mask[:, :, 0, :, 0].clone()
+        for a, b in ((0, 1), (1, 0), (1, 1)):  # keep the first maximum, as max_pool2d does
+            m = mask[:, :, a, :, b]
+            m &= ~taken
+            taken |= m
+        out.clamp_(min=0)
+        ctx.save_for_backward(mask, out)
+        ctx.shape = (h, w)
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        mask, out = ctx.saved_tensors
+        h, w = ctx.shape
+        gp = g.permute(0, 2, 3, 1) * (out > 0)
+        full = torch.where(mask, gp[:, :, None, :, None, :], 0.0).flatten(3, 4).flatten(1, 2)
+        full = F.pad(full, (0, 0, 0, w - full.shape[2], 0, h - full.shape[1]))
+        return full.permute(0, 3, 1, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread; time ratios alternative / default (batch 32)")
+    for cin, cout, size in LAYERS:
+        x = torch.randn(32, cin, size, size).contiguous(memory_format=CL)
+        w = torch.randn(cout, cin, 3, 3).contiguous(memory_format=CL)
+        g = torch.randn(32, cout, size, size).contiguous(memory_format=CL)
+        dgrad = cin != 3  # the first block needs no input gradient
+        default = median_ms(lambda: conv_backward(g, x, w, [dgrad, True, True]))
+
+        def nchw_wgrad():
+            if dgrad:
+                conv_backward(g, x, w, [True, False, False])
+            conv_backward(g.contiguous(), x.contiguous(), w.contiguous(), [False, True, True])
+
+        def no_onednn():
+            torch.backends.mkldnn.enabled = False
+            try:
+                conv_backward(g, x, w, [dgrad, True, True])
+            finally:
+                torch.backends.mkldnn.enabled = True
+
+        plain = median_ms(lambda: conv_backward(g, x, w, [False, True, True]))
+        print(f"conv {cin}->{cout} at {size}: NCHW weight gradients {median_ms(nchw_wgrad) / default:.2f}, "
+              f"oneDNN off {median_ms(no_onednn) / default:.2f}, "
+              f"shifted-matmul weight gradient {median_ms(lambda: wgrad_shifted(x, g)) / plain:.2f}")
+
+    def pool_relu(x):
+        return torch.relu(F.max_pool2d(x, 2))
+
+    compiled = None if args.no_compile else torch.compile(pool_relu, dynamic=False)
+    for _, channels, size in LAYERS:
+        x = torch.randn(32, channels, size, size).contiguous(memory_format=CL).requires_grad_()
+
+        def run(fn):
+            def step():
+                y = fn(x)
+                y.backward(torch.ones_like(y))
+                x.grad = None
+            return median_ms(step)
+
+        default = run(pool_relu)
+        row = f"pool+ReLU {channels}x{size}x{size}: custom function {run(PoolReLU.apply) / default:.2f}"
+        if compiled is not None:
+            row += f", torch.compile {run(compiled) / default:.2f}"
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
