@@ -46,7 +46,7 @@ def test_padded_spp_on_cuda_matches_the_cpu_forward_and_backward(mode):
     x, sizes = padded_batch()
     results = []
     for device in ("cpu", "cuda"):
-        xd = x.to(device).requires_grad_(True)
+        xd = x.to(device, copy=True).requires_grad_(True)  # a fresh leaf on each device
         out = spatial_pyramid_pool(xd, (1, 2, 4), mode, sizes.to(device))
         out.backward(torch.arange(out.numel(), dtype=out.dtype, device=device).view_as(out) % 7)
         results.append((out.detach().cpu(), xd.grad.cpu()))
