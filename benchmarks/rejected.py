@@ -1,13 +1,16 @@
 """Alternatives to the default CPU kernels that were measured and rejected (README, Performance).
 
-Each is timed against the default in the same process, one thread, medians; the printed figure
-is the time ratio alternative / default (above 1: slower):
+Each is timed against the default in the same process, one thread (the last also with all
+threads), medians; the printed figure is the time ratio alternative / default (above 1: slower):
 
   * conv weight gradients from contiguous (NCHW) copies, data gradients channels-last;
   * conv weight gradients as 9 shifted matrix products over a padded map (no im2col);
   * conv backward with oneDNN off (PyTorch's own im2col convolution);
   * max pooling + ReLU as a custom autograd function in tensor ops (first-match mask, no
-    zero-fill in backward), and the default pooling + ReLU through torch.compile.
+    zero-fill in backward), and the default pooling + ReLU through torch.compile;
+  * the conv bias inside the convolution kernel, before the pooling (the default until
+    2026-11-26; now it is added after the pooling), over whole training steps of the study
+    network, the two models' steps alternating.
 
     python benchmarks/rejected.py [--no-compile]
 """
@@ -20,8 +23,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sppnet._perf import keep_freed_memory
+from sppnet.models import build_model
 
 CL = torch.channels_last
 LAYERS = [(3, 16, 180), (16, 32, 90), (32, 64, 45)]  # the study's conv blocks at 180x180
@@ -94,6 +99,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     args = parser.parse_args()
     keep_freed_memory()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread; time ratios alternative / default (batch 32)")
     for cin, cout, size in LAYERS:
@@ -139,6 +145,38 @@ def main() -> None:
         if compiled is not None:
             row += f", torch.compile {run(compiled) / default:.2f}"
         print(row)
+
+    torch.set_num_threads(threads)
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        print(f"study training step ({n} thread{'s' if n > 1 else ''}), conv bias inside the convolution: "
+              f"{bias_in_conv_ratio():.2f}")
+
+
+def bias_in_conv_ratio(steps: int = 9) -> float:
+    """Median over steps of (step time with the bias in the conv kernel) / (default step time)."""
+
+    def make(bias_in_conv: bool):
+        torch.manual_seed(0)
+        model = build_model("spp").to(memory_format=CL)
+        if bias_in_conv:
+            for block in model.features:  # conv(+bias), pool, ReLU: the plain Sequential order
+                block.forward = nn.Sequential.forward.__get__(block)
+        return model, torch.optim.Adam(model.parameters(), 1e-3)
+
+    x = torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL)
+    y = torch.arange(32) % 5
+
+    def step(model, optimizer) -> float:
+        t0 = time.perf_counter()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    default, alternative = make(False), make(True)
+    step(*default), step(*alternative)
+    return statistics.median(step(*alternative) / step(*default) for _ in range(steps))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sppnet.models import build_model, count_parameters, list_models
+from sppnet.models import ConvBlock, build_model, count_parameters, list_models
 
 
 def pad_batch(images):
@@ -116,3 +116,29 @@ def test_gradients_reach_the_first_conv_through_a_padded_batch():
     batch, sizes = pad_batch([torch.rand(3, 40, 24) * 255, torch.rand(3, 16, 64) * 255])
     model(batch, sizes).sum().backward()
     assert model.features[0][0].weight.grad.abs().sum() > 0
+
+
+def test_conv_block_adds_the_bias_after_pooling_with_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    block = ConvBlock(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.ReLU(inplace=True))
+    with torch.no_grad():
+        block[0].bias.uniform_(-1, 1)
+    x = torch.randn(4, 3, 17, 22).contiguous(memory_format=torch.channels_last)
+    results = []
+    for forward in (block.forward, lambda t: torch.nn.Sequential.forward(block, t)):  # ours, conv-with-bias first
+        block.zero_grad()
+        out = forward(x)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        results.append((out.detach(), block[0].weight.grad.clone(), block[0].bias.grad.clone()))
+    (out, w_grad, b_grad), (ref_out, ref_w_grad, ref_b_grad) = results
+    assert out.shape == (4, 8, 8, 11)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(w_grad, ref_w_grad)
+    torch.testing.assert_close(b_grad, ref_b_grad)
+    assert block[0].bias.grad.abs().sum() > 0
+
+
+def test_parameter_names_are_those_of_plain_conv_layers():
+    keys = set(build_model("spp").state_dict())
+    assert {"features.0.0.weight", "features.0.0.bias", "features.2.0.bias"} <= keys
+    assert {"features.0.1.weight", "features.0.1.running_mean"} <= set(build_model("spp", batch_norm=True).state_dict())

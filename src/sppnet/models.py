@@ -22,6 +22,7 @@ import difflib
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
@@ -115,6 +116,25 @@ def _check_dropout(dropout) -> float:
     return float(dropout)
 
 
+class ConvBlock(nn.Sequential):
+    """Conv 3x3 [+ BatchNorm] + MaxPool 2x2 + ReLU, as an ``nn.Sequential`` of those layers.
+
+    Without batch norm the conv's bias is added after the pooling: a max commutes with adding a
+    per-channel constant, so the values are those of conv-with-bias then pool (bit for bit in the
+    pooling; the convolution rounds its sum without the bias), and the bias gradient is summed
+    over a map 4x smaller. On a CPU that saves most of the cost of the bias gradient inside the
+    first layer's weight-gradient kernel (``python benchmarks/rejected.py`` compares it). The
+    parameters and their names are nn.Conv2d's, so weights load either way.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self[0]
+        if conv.bias is None or len(self) != 3:
+            return super().forward(x)
+        x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return F.relu(self[1](x) + conv.bias.view(1, -1, 1, 1), inplace=True)
+
+
 class FlowerCNN(nn.Module):
     """The study's CNN: rescale, conv blocks, a pooling head, dropout and two dense layers.
 
@@ -172,7 +192,7 @@ class FlowerCNN(nn.Module):
             layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=not batch_norm)]
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width))
-            blocks.append(nn.Sequential(*layers, nn.MaxPool2d(2), nn.ReLU(inplace=True)))
+            blocks.append(ConvBlock(*layers, nn.MaxPool2d(2), nn.ReLU(inplace=True)))
             channels = width
         self.features = nn.ModuleList(blocks)
         self.pool = pool
