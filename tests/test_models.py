@@ -119,16 +119,18 @@ def test_gradients_reach_the_first_conv_through_a_padded_batch():
 
 
 def test_conv_block_adds_the_bias_after_pooling_with_the_same_values_and_gradients():
+    # In float64, so that the two orders' different summation (other kernels) cannot hide or fake
+    # a difference: only a wrong formula could exceed float64's tolerance.
     torch.manual_seed(0)
-    block = ConvBlock(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.ReLU(inplace=True))
+    block = ConvBlock(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.ReLU(inplace=True)).double()
     with torch.no_grad():
         block[0].bias.uniform_(-1, 1)
-    x = torch.randn(4, 3, 17, 22).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 17, 22, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     results = []
     for forward in (block.forward, lambda t: torch.nn.Sequential.forward(block, t)):  # ours, conv-with-bias first
         block.zero_grad()
         out = forward(x)
-        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
         results.append((out.detach(), block[0].weight.grad.clone(), block[0].bias.grad.clone()))
     (out, w_grad, b_grad), (ref_out, ref_w_grad, ref_b_grad) = results
     assert out.shape == (4, 8, 8, 11)
