@@ -123,15 +123,14 @@ class ConvBlock(nn.Sequential):
     per-channel constant, so the values are those of conv-with-bias then pool (bit for bit in the
     pooling; the convolution rounds its sum without the bias), and the bias gradient is summed
     over a map 4x smaller. On a CPU that saves most of the cost of the bias gradient inside the
-    first layer's weight-gradient kernel (``python benchmarks/rejected.py`` compares it). Where no
-    bias gradient is needed (inference, export) the layers run in order, the bias inside the
-    convolution. The parameters and their names are nn.Conv2d's, so weights load either way.
+    first layer's weight-gradient kernel (``python benchmarks/rejected.py`` compares it). In eval mode
+    (inference, validation, export) the layers run in order, the bias inside the convolution. The parameters and their names are nn.Conv2d's, so weights load either way.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self[0]
-        if conv.bias is None or len(self) != 3 or not (torch.is_grad_enabled() and conv.bias.requires_grad):
-            return super().forward(x)  # no bias gradient to save: oneDNN adds the bias for free
+        if conv.bias is None or len(self) != 3 or not self.training:
+            return super().forward(x)  # eval: no bias gradient to save, oneDNN adds the bias for free
         x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         return F.relu(self[1](x) + conv.bias.view(1, -1, 1, 1), inplace=True)
 
