@@ -123,8 +123,9 @@ class ConvBlock(nn.Sequential):
     per-channel constant, so the values are those of conv-with-bias then pool (bit for bit in the
     pooling; the convolution rounds its sum without the bias), and the bias gradient is summed
     over a map 4x smaller. On a CPU that saves most of the cost of the bias gradient inside the
-    first layer's weight-gradient kernel (``python benchmarks/rejected.py`` compares it). In eval mode
-    (inference, validation, export) the layers run in order, the bias inside the convolution. The parameters and their names are nn.Conv2d's, so weights load either way.
+    first layer's weight-gradient kernel (``python benchmarks/rejected.py`` compares it). In
+    eval mode (inference, validation, export) the layers run in order, the bias inside the
+    convolution. The parameters and their names are nn.Conv2d's, so weights load either way.
     """
 
     def forward(self, x: Tensor) -> Tensor:
