@@ -70,8 +70,9 @@ def test_augmentation_on_cuda_matches_the_cpu():
 def test_training_on_cuda_writes_a_run_the_cpu_can_use(dataset, tmp_path, extra):
     out = tmp_path / "run"
     args = ["train", str(dataset), "--out", str(out), "--epochs", "2", *FAST, *extra]
-    if "--native" in extra:
-        args.remove("--size"), args.remove("32")
+    if "--native" in extra:  # the size policy is --native instead of --size 32
+        args.remove("--size")
+        args.remove("32")
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["final"]["loss"] == metrics["final"]["loss"]  # not NaN
@@ -87,27 +88,13 @@ def test_training_on_cuda_writes_a_run_the_cpu_can_use(dataset, tmp_path, extra)
 
 def test_cuda_run_resumes_to_the_same_history_as_an_uninterrupted_one(dataset, tmp_path):
     def history(run):
-        return [{k: round(v, 4) for k, v in row.items() if k != "seconds"} for row in RunFolder(run).read_history()]
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in RunFolder(run).read_history()]
 
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main(["train", str(dataset), "--out", str(whole), "--epochs", "2", *FAST]) == 0
     assert main(["train", str(dataset), "--out", str(part), "--epochs", "1", *FAST]) == 0
-    assert (
-        main(
-            [
-                "train",
-                str(dataset),
-                "--out",
-                str(part),
-                "--epochs",
-                "2",
-                "--resume",
-                *FAST,
-            ]
-        )
-        == 0
-    )
-    # cuDNN may pick different algorithms in the two processes: equal to 4 decimals, not bits.
+    assert main(["train", str(dataset), "--out", str(part), "--epochs", "2", "--resume", *FAST]) == 0
+    # cuDNN may pick different algorithms in the two runs: equal within 2e-3, not bit for bit.
     assert len(history(part)) == 2
     for a, b in zip(history(part), history(whole)):
         assert a["epoch"] == b["epoch"]
