@@ -145,10 +145,12 @@ class Augment:
             if reflect:
                 # Reflect into [-0.5, length - 0.5] (see _reflect), clamp to the first and last
                 # pixel centres (beyond them, reflect's bilinear value is that pixel's), and
-                # scale, in six passes: r = length - 0.5 - |((c + 0.5) mod 2 length) - length|.
+                # scale: r = length - 0.5 - |((c + 0.5) mod 2 length) - length|. Without padding
+                # the image fills the tensor, and grid_sample's border mode does the clamp.
                 folded = torch.add(row + 0.5, col).remainder_(2 * length).sub_(length).abs_()
                 torch.sub((length - 0.5) * scale - 1, folded, alpha=scale, out=out)
-                out.clamp_(torch.full_like(length, -1.0), (length - 1) * scale - 1)
+                if sizes is not None:
+                    out.clamp_(torch.full_like(length, -1.0), (length - 1) * scale - 1)
             else:
                 torch.add(row * scale - 1, col * scale, out=out)
         # Constant fill reads zeros outside the image: beyond the tensor through grid_sample's
