@@ -33,6 +33,10 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/gpu"), help="folder for the run folders")
     parser.add_argument("--budget", type=float, default=480, help="seconds for all steps together")
     args = parser.parse_args()
+    import torch  # after argument parsing, so that --help is quick
+
+    if not torch.cuda.is_available():
+        parser.exit(2, "error: PyTorch sees no CUDA device here; this benchmark measures the GPU path\n")
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}

@@ -19,7 +19,13 @@ from PIL import Image
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
-def shrink(src: Path, dst: Path, side: int, quality: int) -> None:
+def shrink(src: Path, dst: Path, side: int, quality: int) -> str | None:
+    """Writes the smaller copy; returns a one-line reason instead when ``src`` cannot be read."""
+    try:
+        with Image.open(src) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return f"{src}: skipped, not a readable image ({err})"
     dst.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(src) as image:
         image = image.convert("RGB")
@@ -27,6 +33,7 @@ def shrink(src: Path, dst: Path, side: int, quality: int) -> None:
         if scale < 1:
             image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
         image.save(dst.with_suffix(src.suffix if src.suffix.lower() in (".jpg", ".jpeg") else ".jpg"), quality=quality)
+    return None
 
 
 def main() -> None:
@@ -42,8 +49,11 @@ def main() -> None:
         parser.exit(2, f"error: {args.dst}: already exists; give a new folder\n")
     files = [p for p in sorted(args.src.rglob("*")) if p.is_file() and p.suffix.lower() in SUFFIXES]
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        list(pool.map(lambda p: shrink(p, args.dst / p.relative_to(args.src), args.side, args.quality), files))
-    print(f"{len(files)} images -> {args.dst}")
+        skipped = [r for r in pool.map(lambda p: shrink(p, args.dst / p.relative_to(args.src), args.side, args.quality),
+                                       files) if r]
+    for reason in skipped:
+        print(reason)
+    print(f"{len(files) - len(skipped)} images -> {args.dst}")
 
 
 if __name__ == "__main__":
