@@ -43,7 +43,7 @@ def main() -> None:
     log = (args.out / "gpu.log").open("a")
     summary: dict = {"runs": {}}
 
-    def step(name: str, cmd: list[str], limit: float) -> int | None:
+    def step(name: str, cmd: list[str], limit: float) -> int | str | None:
         left = deadline - time.monotonic()
         if left < 10:
             log.write(f"\n== {name}: skipped, budget spent\n")
