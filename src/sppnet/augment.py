@@ -137,20 +137,28 @@ class Augment:
             ((sign * cos) * dx + cx, -(sign * sin) * dy, w, 2 / max(width - 1, 1)),
             (sin * dx, cos * dy + cy, h, 2 / max(height - 1, 1)),
         )
+        grid = torch.empty(n, height, width, 2, device=device, dtype=torch.float32)
+        if reflect and sizes is None:
+            # The image fills the tensor: grid_sample's own reflection (align_corners=False)
+            # reflects about the image's edges, [-0.5, length - 0.5] (d c b a | a b c d), and
+            # clamps to the first and last pixel centres, as the explicit path below does; one
+            # pass per coordinate. Pixel centre i -> (2 i + 1) / length - 1.
+            for i, (row, col, _, _) in enumerate(terms):
+                size = width if i == 0 else height
+                torch.add(row * (2 / size) + (1 / size - 1), col, alpha=2 / size, out=grid[..., i])
+            return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
         # grid_sample's coordinates (align_corners=True): pixel centre i -> i * scale - 1. Every
         # full-size (N, H, W) pass writes in place or straight into the grid (no stacking copy).
-        grid = torch.empty(n, height, width, 2, device=device, dtype=torch.float32)
         for i, (row, col, length, scale) in enumerate(terms):
             out = grid[..., i]
             if reflect:
                 # Reflect into [-0.5, length - 0.5] (see _reflect), clamp to the first and last
-                # pixel centres (beyond them, reflect's bilinear value is that pixel's), and
-                # scale: r = length - 0.5 - |((c + 0.5) mod 2 length) - length|. Without padding
-                # the image fills the tensor, and grid_sample's border mode does the clamp.
+                # pixel centres of each image's valid region (beyond them, reflect's bilinear
+                # value is that pixel's), and scale: r = length - 0.5 - |((c + 0.5) mod
+                # 2 length) - length|.
                 folded = torch.add(row + 0.5, col).remainder_(2 * length).sub_(length).abs_()
                 torch.sub((length - 0.5) * scale - 1, folded, alpha=scale, out=out)
-                if sizes is not None:
-                    out.clamp_(torch.full_like(length, -1.0), (length - 1) * scale - 1)
+                out.clamp_(torch.full_like(length, -1.0), (length - 1) * scale - 1)
             else:
                 torch.add(row * scale - 1, col * scale, out=out)
         # Constant fill reads zeros outside the image: beyond the tensor through grid_sample's
