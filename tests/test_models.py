@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sppnet.models import ConvBlock, build_model, count_parameters, list_models
+from sppnet.models import ConvBlock, build_model, count_parameters, list_models, max_pool_2x2
 
 
 def pad_batch(images):
@@ -144,3 +144,47 @@ def test_parameter_names_are_those_of_plain_conv_layers():
     keys = set(build_model("spp").state_dict())
     assert {"features.0.0.weight", "features.0.0.bias", "features.2.0.bias"} <= keys
     assert {"features.0.1.weight", "features.0.1.running_mean"} <= set(build_model("spp", batch_norm=True).state_dict())
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (3, 5, 17, 22), (1, 4, 2, 3), (2, 16, 45, 45)])
+def test_max_pool_2x2_equals_max_pool2d_bit_for_bit(fmt, shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
+    x[0, 0, 0, 1] = float("nan")  # max_pool2d propagates NaN; so must the replacement
+    x[-1, -1, -2:, -2:] = 7.0  # a tie
+    got, expected = max_pool_2x2(x), torch.nn.functional.max_pool2d(x, 2)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_inference_path_gives_the_logits_of_the_layers_run_as_declared(batch_norm):
+    torch.manual_seed(0)
+    model = build_model("spp", batch_norm=batch_norm).to(memory_format=torch.channels_last).eval()
+    x = (torch.rand(3, 3, 61, 83) * 255).contiguous(memory_format=torch.channels_last)
+    sizes = torch.tensor([[61, 83], [40, 83], [61, 17]])
+    for s in (None, sizes):
+        with torch.inference_mode():
+            fast = model(x, s)
+        declared = model(x.clone().requires_grad_(), s)  # a gradient to compute: layers as declared
+        assert declared.requires_grad
+        torch.testing.assert_close(fast, declared.detach(), rtol=0, atol=0)
+
+
+def test_a_contiguous_batch_reaches_a_channels_last_first_conv_channels_last():
+    torch.manual_seed(0)
+    model = build_model("spp").to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 20, 24) * 255  # contiguous, as grid_sample returns augmented batches
+    seen = []
+    handle = model.features[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    torch.manual_seed(1)  # the same dropout mask for both calls
+    logits = model(x)
+    handle.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(seen[0], x / 255)
+    torch.manual_seed(1)
+    torch.testing.assert_close(logits, model(x.contiguous(memory_format=torch.channels_last)))
+    # An input that needs its own gradient keeps autograd's plain path (no out= argument).
+    y = x.clone().requires_grad_()
+    model(y).sum().backward()
+    assert y.grad is not None and y.grad.shape == y.shape
