@@ -54,6 +54,12 @@ def test_run_folder_is_complete(trained_run, dataset):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["parameters"] == 196_131
     assert metrics["final"]["val_accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+    # Training images/s per epoch: timed without validation, so at least the images over the
+    # whole epoch's seconds (30 images, less those held out for validation).
+    n_train = 30 - metrics["validation"]["count"]
+    seconds = [r["seconds"] for r in history]
+    assert metrics["train_images_per_second_last_epoch"] >= n_train / seconds[-1]
+    assert metrics["train_images_per_second_median"] >= n_train / max(seconds)
     weights = load_file(trained_run / "last.safetensors")
     assert set(weights) == set(RunFolder(trained_run).load_model("last").state_dict())
     assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

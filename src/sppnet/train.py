@@ -498,6 +498,7 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
     )
 
     steps = policy.num_batches(train_store, config.batch_size, ctx.world_size)
+    train_rates: list[float] = []  # training images/s of each epoch this process ran
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
@@ -519,6 +520,8 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
                 label_smoothing=config.label_smoothing, amp_dtype=autocast_dtype(config.precision),
             )
             train_seconds = time.perf_counter() - t0
+            if train_seconds > 0:
+                train_rates.append(len(train_store) / train_seconds)
             val_batches = val_view.batches(val_store, config.batch_size, shuffle=False, rank=ctx.rank,
                                            world_size=ctx.world_size, drop_incomplete=False)
             probs, labels, indices = gather_predictions(
@@ -532,8 +535,7 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
             }
             history.append(row)
             if ctx.is_main:
-                _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_seconds,
-                            len(train_store), failures)
+                _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_rates, failures)
             reporter.epoch(format_epoch_line(epoch + 1, config.epochs, steps, seconds, row))
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else start_epoch
@@ -554,8 +556,11 @@ def peak_rss_mb() -> float | None:
     return round(peak / (1024 * 1024 if platform.system() == "Darwin" else 1024), 1)
 
 
-def _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_seconds, n_train, failures) -> None:
-    """Writes an epoch's results. state.pt goes last: it marks the epoch as finished."""
+def _save_epoch(run, model, optimizer, history, row, evaluation, best, config, train_rates, failures) -> None:
+    """Writes an epoch's results. state.pt goes last: it marks the epoch as finished.
+
+    ``train_rates``: training images/s of each epoch this process has run (a resumed run's
+    earlier epochs are not timed again), the latest last."""
     from .report import plot_curves
 
     state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -572,7 +577,8 @@ def _save_epoch(run, model, optimizer, history, row, evaluation, best, config, t
                  "val_loss": history[best["epoch"] - 1]["val_loss"]},
         "validation": {k: v for k, v in evaluation.to_dict().items() if k not in ("per_class", "confusion")},
         "seconds_per_epoch_median": statistics.median(epoch_seconds),
-        "train_images_per_second_last_epoch": n_train / train_seconds if train_seconds > 0 else None,
+        "train_images_per_second_last_epoch": train_rates[-1] if train_rates else None,
+        "train_images_per_second_median": statistics.median(train_rates) if train_rates else None,
         "parameters": count_parameters(model),
         "peak_rss_mb": peak_rss_mb(),
         "skipped_files": [reason for _, reason in failures],
