@@ -5,6 +5,11 @@ Channels-last, batch 32 at 180x180, this process's thread count; medians, with G
 where a CPU training step's backward time goes (the weight gradients) and what the bias
 gradient costs inside the convolution kernel (why the model adds the bias after pooling).
 
+Last column: the weight gradient of tensors that are already contiguous (NCHW), for which
+oneDNN reorders them itself into its blocked layout and runs its blocked kernel (reorders
+included; getting the training step's channels-last tensors there would cost PyTorch's own
+layout copies on top, see rejected.py).
+
     python benchmarks/conv_layers.py [--threads N]
 """
 
@@ -38,9 +43,12 @@ def main() -> None:
             "weight gradient": median_ms(lambda: conv_backward(g, x, w, [False, True, False]), 11),
         }
         with_bias = median_ms(lambda: conv_backward(g, x, w, [False, True, True]), 11)
+        xc, wc, gc = x.contiguous(), w.contiguous(), g.contiguous()
+        blocked = median_ms(lambda: conv_backward(gc, xc, wc, [False, True, False]), 11)
         row = ", ".join(f"{name} {t:.1f} ({gflop / t * 1000:.0f})" for name, t in times.items())
         print(f"conv {cin}->{cout} at {side}: {row}; weight gradient with the bias gradient in the same call "
-              f"{with_bias:.1f} (+{with_bias - times['weight gradient']:.1f})")
+              f"{with_bias:.1f} ({with_bias - times['weight gradient']:+.1f}); weight gradient from NCHW "
+              f"tensors {blocked:.1f} ({gflop / blocked * 1000:.0f})")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,13 @@ threads), medians; the printed figure is the time ratio alternative / default (a
     zero-fill in backward), and the default pooling + ReLU through torch.compile;
   * the conv bias inside the convolution kernel, before the pooling (the default until
     2026-11-26; now it is added after the pooling), over whole training steps of the study
-    network, the two models' steps alternating.
+    network, the two models' steps alternating;
+  * at inference, 2x2 max pooling through max_pool2d, which writes argmax indices nobody reads
+    (the default until 2026-11-26; now two element-wise maxima, models.max_pool_2x2), per layer
+    and over whole forward passes (batch 32 at 180x180, one 240x320 image);
+  * a contiguous (NCHW) batch, as augmentation returns it, rescaled in its own layout and left
+    to the first convolution to reorder (the default until 2026-11-26; now the rescaling writes
+    it channels-last), over whole training steps.
 
     python benchmarks/rejected.py [--no-compile]
 """
@@ -26,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sppnet._perf import keep_freed_memory
-from sppnet.models import build_model
+from sppnet.models import build_model, max_pool_2x2
 
 CL = torch.channels_last
 LAYERS = [(3, 16, 180), (16, 32, 90), (32, 64, 45)]  # the study's conv blocks at 180x180
@@ -147,11 +153,25 @@ def main() -> None:
             row += f", torch.compile {run(compiled) / default:.2f}"
         print(row)
 
+    with torch.inference_mode():
+        for _, channels, size in LAYERS:
+            row = []
+            for name, fmt in (("channels-last", CL), ("contiguous", torch.contiguous_format)):
+                x = torch.randn(32, channels, size, size).contiguous(memory_format=fmt)
+                ratio = median_ms(lambda: F.max_pool2d(x, 2)) / median_ms(lambda: max_pool_2x2(x))
+                row.append(f"{name} {ratio:.2f}")
+            print(f"inference max pooling {channels}x{size}x{size} through max_pool2d (indices): {', '.join(row)}")
+
     torch.set_num_threads(threads)
     for n in sorted({1, threads}):
         torch.set_num_threads(n)
-        print(f"study training step ({n} thread{'s' if n > 1 else ''}), conv bias inside the convolution: "
-              f"{bias_in_conv_ratio():.2f}")
+        label = f"({n} thread{'s' if n > 1 else ''})"
+        print(f"study training step {label}, conv bias inside the convolution: {bias_in_conv_ratio():.2f}")
+        print(f"study training step {label}, contiguous batch reordered by the first conv: "
+              f"{contiguous_input_ratio():.2f}")
+        batch, single = pooling_with_indices_ratios()
+        print(f"inference {label} with max_pool2d (indices): batch 32 at 180x180 {batch:.2f}, "
+              f"one 240x320 image {single:.2f}")
 
 
 def bias_in_conv_ratio(steps: int = 9) -> float:
@@ -178,6 +198,51 @@ def bias_in_conv_ratio(steps: int = 9) -> float:
     default, alternative = make(False), make(True)
     step(*default), step(*alternative)
     return statistics.median(step(*alternative) / step(*default) for _ in range(steps))
+
+
+def contiguous_input_ratio(steps: int = 9) -> float:
+    """Median over steps of (step time when a contiguous batch reaches the first conv as it is) /
+    (default: the model's rescaling writes it channels-last)."""
+
+    def make(plain_rescale: bool):
+        torch.manual_seed(0)
+        model = build_model("spp").to(memory_format=CL)
+        if plain_rescale:
+            model._rescale = lambda x: x * (1.0 / 255.0)
+        return model, torch.optim.Adam(model.parameters(), 1e-3)
+
+    x = torch.rand(32, 3, 180, 180).mul(255)  # contiguous, as grid_sample returns augmented batches
+    y = torch.arange(32) % 5
+
+    def step(model, optimizer) -> float:
+        t0 = time.perf_counter()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    default, alternative = make(False), make(True)
+    step(*default), step(*alternative)
+    return statistics.median(step(*alternative) / step(*default) for _ in range(steps))
+
+
+def pooling_with_indices_ratios(repeats: int = 15) -> tuple[float, float]:
+    """Inference time ratios (max_pool2d with indices) / (default max_pool_2x2), whole forward
+    passes alternating, for a batch of 32 at 180x180 and one 240x320 image."""
+    torch.manual_seed(0)
+    default = build_model("spp").to(memory_format=CL).eval()
+    plain = build_model("spp").to(memory_format=CL).eval()
+    plain.load_state_dict(default.state_dict())
+    for block in plain.features:  # conv(+bias), max_pool2d, ReLU: the layers as declared
+        block.forward = nn.Sequential.forward.__get__(block)
+    ratios = []
+    with torch.inference_mode():
+        for shape in ((32, 3, 180, 180), (1, 3, 240, 320)):
+            x = torch.rand(shape).mul(255).contiguous(memory_format=CL)
+            torch.testing.assert_close(default(x), plain(x))
+            ratios.append(statistics.median(median_ms(lambda: plain(x), 1) / median_ms(lambda: default(x), 1)
+                                            for _ in range(repeats)))
+    return ratios[0], ratios[1]
 
 
 if __name__ == "__main__":

@@ -146,9 +146,9 @@ def max_pool_2x2(x: Tensor) -> Tensor:
     """``F.max_pool2d(x, 2)`` (floor mode) as two element-wise maxima over strided views.
 
     The same values, NaN included, but without the int64 argmax indices that PyTorch's CPU
-    kernel always writes: 1.4-1.7x faster channels-last and 7-10x faster on contiguous maps
-    (``python benchmarks/throughput.py`` reports the inference it speeds up). For inference
-    only: its gradient splits ties instead of picking the first maximum and costs more.
+    kernel always writes: 1.1-2.1x faster on the study's channels-last maps and 7-10x on
+    contiguous ones (``python benchmarks/rejected.py``). For inference only: its gradient splits
+    ties instead of picking the first maximum, and costs more.
     """
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
