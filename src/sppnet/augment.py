@@ -101,7 +101,9 @@ class Augment:
             sizes: optional (N, 2) valid (height, width) of each image of a zero-padded batch.
 
         Returns:
-            Float tensor of the same shape (and memory format); padding stays zero.
+            Float tensor of the same shape, contiguous (NCHW, as ``grid_sample`` writes it; a
+            channels-last model rescales it into channels-last in the same pass); padding
+            stays zero.
         """
         if x.dim() != 4:
             raise ConfigError(f"augmentation needs a batch (N, C, H, W), got shape {tuple(x.shape)}")
