@@ -165,9 +165,9 @@ class ConvBlock(nn.Sequential):
     gradient inside the first layer's weight-gradient kernel (``python benchmarks/rejected.py``
     compares it).
 
-    Inference (eval mode with no gradient to compute): the layers run in order, the bias inside
-    the convolution, and the 2x2 max pooling as :func:`max_pool_2x2`, which writes no argmax
-    indices. Eval mode with gradients (e.g. saliency maps), and any traced, exported or compiled
+    Inference on a CPU (eval mode with no gradient to compute): the layers run in order, the
+    bias inside the convolution, and the 2x2 max pooling as :func:`max_pool_2x2`, which writes
+    no argmax indices. Eval mode with gradients (e.g. saliency maps), and any traced, exported or compiled
     graph, run the layers as declared. The parameters and their names are nn.Conv2d's, so
     weights load either way.
     """
@@ -180,7 +180,7 @@ class ConvBlock(nn.Sequential):
             x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
             return F.relu(self[1](x) + conv.bias.view(1, -1, 1, 1), inplace=True)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-        if needs_grad or _capturing():
+        if needs_grad or x.device.type != "cpu" or _capturing():  # measured on CPUs only
             return super().forward(x)
         for layer in self:
             x = max_pool_2x2(x) if _is_plain_2x2(layer) else layer(x)
