@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -47,6 +48,15 @@ def test_onnx_matches_pytorch_on_any_size(exported):
                 expected = model(x)
             np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4, err_msg=f"{n}x{h}x{w}")
             np.testing.assert_allclose(probs, torch.softmax(expected, 1).numpy(), atol=1e-5)
+
+
+def test_onnx_graph_keeps_the_declared_layers(exported):
+    # Eager CPU inference pools through element-wise maxima; an export must still hold one
+    # MaxPool per conv block (and no element-wise Max), the operator runtimes optimise.
+    _, path = exported
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("MaxPool") == 3 and "Max" not in ops
+    assert ops.count("Conv") == 3
 
 
 def test_onnx_metadata(exported):

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .pooling import SpatialPyramidPooling, spatial_pyramid_pool
+from .pooling import _is_tracing as _capturing  # scripted, traced, exported or compiled
 
 __all__ = ["FlowerCNN", "build_model", "list_models", "register_model", "count_parameters", "max_pool_2x2"]
 
@@ -116,19 +117,6 @@ def _check_dropout(dropout) -> float:
     return float(dropout)
 
 
-def _capturing() -> bool:
-    """True while a graph is traced, scripted, exported or compiled: the layers then run as
-    declared, so an exported file holds the plain operators (MaxPool, Conv with bias)."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-        or exporting()
-    )
-
-
 def _is_plain_2x2(layer: nn.Module) -> bool:
     """An nn.MaxPool2d(2): 2x2 windows, stride 2, no padding or dilation, floor mode, no indices."""
     return (
@@ -167,8 +155,9 @@ class ConvBlock(nn.Sequential):
 
     Inference on a CPU (eval mode with no gradient to compute): the layers run in order, the
     bias inside the convolution, and the 2x2 max pooling as :func:`max_pool_2x2`, which writes
-    no argmax indices. Eval mode with gradients (e.g. saliency maps), and any traced, exported or compiled
-    graph, run the layers as declared. The parameters and their names are nn.Conv2d's, so
+    no argmax indices. Eval mode with gradients (e.g. saliency maps), other devices, and any
+    traced, exported or compiled graph (so an exported file holds the plain MaxPool and Conv
+    operators) run the layers as declared. The parameters and their names are nn.Conv2d's, so
     weights load either way.
     """
 
@@ -265,7 +254,7 @@ class FlowerCNN(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def _check_input(self, x: Tensor, sizes: Tensor | None) -> None:
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        if _capturing():
             return
         if x.dim() != 4 or x.shape[1] != 3:
             raise ConfigError(f"the model needs input of shape (N, 3, H, W), got {tuple(x.shape)}")

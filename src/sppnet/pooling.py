@@ -88,11 +88,14 @@ def _check_sizes(sizes: Tensor, x: Tensor) -> Tensor:
 
 
 def _is_tracing() -> bool:
+    """True while a graph is scripted, traced, exported or compiled (values are symbolic)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
     return (
         torch.jit.is_scripting()
         or torch.jit.is_tracing()
         or torch.onnx.is_in_onnx_export()
         or torch.compiler.is_compiling()
+        or exporting()
     )
 
 
