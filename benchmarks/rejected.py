@@ -174,19 +174,18 @@ def main() -> None:
               f"one 240x320 image {single:.2f}")
 
 
-def bias_in_conv_ratio(steps: int = 9) -> float:
-    """Median over steps of (step time with the bias in the conv kernel) / (default step time)."""
+def step_ratio(alter, x: torch.Tensor, steps: int = 9) -> float:
+    """Median over training steps of the study network of (step time of a model changed by
+    ``alter(model)``) / (default step time), the two models' steps alternating, on batch ``x``."""
 
-    def make(bias_in_conv: bool):
+    def make(changed: bool):
         torch.manual_seed(0)
         model = build_model("spp").to(memory_format=CL)
-        if bias_in_conv:
-            for block in model.features:  # conv(+bias), pool, ReLU: the plain Sequential order
-                block.forward = nn.Sequential.forward.__get__(block)
+        if changed:
+            alter(model)
         return model, torch.optim.Adam(model.parameters(), 1e-3)
 
-    x = torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL)
-    y = torch.arange(32) % 5
+    y = torch.arange(x.shape[0]) % 5
 
     def step(model, optimizer) -> float:
         t0 = time.perf_counter()
@@ -200,30 +199,24 @@ def bias_in_conv_ratio(steps: int = 9) -> float:
     return statistics.median(step(*alternative) / step(*default) for _ in range(steps))
 
 
-def contiguous_input_ratio(steps: int = 9) -> float:
-    """Median over steps of (step time when a contiguous batch reaches the first conv as it is) /
-    (default: the model's rescaling writes it channels-last)."""
+def bias_in_conv_ratio() -> float:
+    """Step time ratio with the bias in the conv kernel (the plain Sequential order)."""
 
-    def make(plain_rescale: bool):
-        torch.manual_seed(0)
-        model = build_model("spp").to(memory_format=CL)
-        if plain_rescale:
-            model._rescale = lambda x: x * (1.0 / 255.0)
-        return model, torch.optim.Adam(model.parameters(), 1e-3)
+    def alter(model):
+        for block in model.features:  # conv(+bias), pool, ReLU
+            block.forward = nn.Sequential.forward.__get__(block)
 
-    x = torch.rand(32, 3, 180, 180).mul(255)  # contiguous, as grid_sample returns augmented batches
-    y = torch.arange(32) % 5
+    return step_ratio(alter, torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL))
 
-    def step(model, optimizer) -> float:
-        t0 = time.perf_counter()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
 
-    default, alternative = make(False), make(True)
-    step(*default), step(*alternative)
-    return statistics.median(step(*alternative) / step(*default) for _ in range(steps))
+def contiguous_input_ratio() -> float:
+    """Step time ratio when a contiguous batch reaches the first conv as it is (default: the
+    model's rescaling writes it channels-last)."""
+
+    def alter(model):
+        model._rescale = lambda x: x * (1.0 / 255.0)
+
+    return step_ratio(alter, torch.rand(32, 3, 180, 180).mul(255))  # contiguous, as grid_sample returns
 
 
 def pooling_with_indices_ratios(repeats: int = 15) -> tuple[float, float]:
