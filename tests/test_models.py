@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sppnet.models import ConvBlock, build_model, count_parameters, list_models, max_pool_2x2
+from sppnet.models import ConvBlock, build_model, conv3x3_sparse_grad, count_parameters, list_models, max_pool_2x2
 
 
 def pad_batch(images):
@@ -188,3 +188,78 @@ def test_a_contiguous_batch_reaches_a_channels_last_first_conv_channels_last():
     y = x.clone().requires_grad_()
     model(y).sum().backward()
     assert y.grad is not None and y.grad.shape == y.shape
+
+
+def dense_conv_grads(x, weight, grad):
+    x = x.detach().requires_grad_()
+    weight = weight.detach().requires_grad_()
+    torch.nn.functional.conv2d(x, weight, None, 1, 1).backward(grad)
+    return x.grad, weight.grad
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.2, 0.9])  # 0.9: more than a third of the pixels, dense path
+def test_sparse_grad_conv_matches_the_dense_gradients(fmt, density):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 7, 9, dtype=torch.float64, generator=gen).contiguous(memory_format=fmt)
+    weight = torch.randn(5, 4, 3, 3, dtype=torch.float64, generator=gen).contiguous(memory_format=fmt)
+    grad = torch.randn(3, 5, 7, 9, dtype=torch.float64, generator=gen)
+    grad *= torch.rand(grad.shape, generator=gen) < density
+    grad[0, 1, 0, 0], grad[2, 4, 6, 8], grad[1, 0, 0, 8], grad[1, 3, 6, 0] = 1.5, -2.0, 0.5, 3.0  # corners
+    grad = grad.contiguous(memory_format=fmt)
+    xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    out = conv3x3_sparse_grad(xs, ws)
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, weight, None, 1, 1))
+    out.backward(grad)
+    expected_x, expected_w = dense_conv_grads(x, weight, grad)
+    torch.testing.assert_close(xs.grad, expected_x)
+    torch.testing.assert_close(ws.grad, expected_w)
+
+
+def test_sparse_grad_conv_computes_only_the_gradients_asked_for():
+    x = torch.randn(2, 3, 6, 6)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    grad = torch.zeros(2, 4, 6, 6)
+    grad[1, 2, 3, 4] = 1.0
+    conv3x3_sparse_grad(x, weight).backward(grad)
+    assert x.grad is None
+    torch.testing.assert_close(weight.grad, dense_conv_grads(x, weight, grad)[1])
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,expected",
+    [("spp", {}, True), ("spp", dict(pool="avg"), False), ("spp", dict(batch_norm=True), False), ("gap", {}, False),
+     ("flatten", {}, False)],
+)
+def test_only_the_block_feeding_a_max_spp_head_uses_sparse_gradients(name, kwargs, expected):
+    model = build_model(name, **kwargs)
+    assert [block.sparse_grad for block in model.features] == [False, False, expected]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_training_gradients_with_sparse_gradients_equal_the_dense_ones(padded):
+    torch.manual_seed(0)
+    model = build_model("spp").double().to(memory_format=torch.channels_last)
+    dense = build_model("spp").double().to(memory_format=torch.channels_last)
+    dense.load_state_dict(model.state_dict())
+    dense.features[-1].sparse_grad = False
+    x = (torch.rand(3, 3, 180, 200, dtype=torch.float64) * 255).contiguous(memory_format=torch.channels_last)
+    sizes = torch.tensor([[180, 200], [150, 200], [180, 111]]) if padded else None
+    # The conv map's gradient (seen entering the dense model's last pooling layer) reaches
+    # fewer than a third of its pixels, so the sparse model takes the sparse path.
+    grads, fractions = [], []
+
+    def pixels_with_gradient(pool, args):
+        args[0].register_hook(lambda g: fractions.append(float(g.ne(0).any(1).float().mean())))
+
+    hook = dense.features[-1][1].register_forward_pre_hook(pixels_with_gradient)
+    for net in (model, dense):
+        torch.manual_seed(1)  # the same dropout mask
+        torch.nn.functional.cross_entropy(net(x, sizes), torch.tensor([0, 1, 2])).backward()
+        grads.append({k: p.grad for k, p in net.named_parameters()})
+    hook.remove()
+    assert 0 < fractions[0] < 1 / 3
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], msg=key)
+    assert grads[0]["features.2.0.weight"].abs().sum() > 0

@@ -29,7 +29,10 @@ from .errors import ConfigError
 from .pooling import SpatialPyramidPooling, spatial_pyramid_pool
 from .pooling import _is_tracing as _capturing  # scripted, traced, exported or compiled
 
-__all__ = ["FlowerCNN", "build_model", "list_models", "register_model", "count_parameters", "max_pool_2x2"]
+__all__ = [
+    "FlowerCNN", "build_model", "list_models", "register_model", "count_parameters", "max_pool_2x2",
+    "conv3x3_sparse_grad",
+]
 
 _MODELS: dict[str, Callable[..., "FlowerCNN"]] = {}
 
@@ -143,6 +146,73 @@ def max_pool_2x2(x: Tensor) -> Tensor:
     return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+class _Conv3x3SparseGrad(torch.autograd.Function):
+    """A 3x3 convolution (stride 1, padding 1, no bias) whose backward pass visits only the
+    output pixels that receive a gradient.
+
+    Behind a max-pooling SPP head, the last conv block's output gradient is almost all zeros:
+    each channel of each image passes gradient to at most sum(n * n) positions (21 for levels
+    1, 2, 4), which the 2x2 pooling maps back to single pixels of the conv output, so 0.3-1 % of
+    its values and 15-25 % of its pixels are non-zero at 180x180. Dense oneDNN kernels spend the
+    same time on zeros; here the gradients are two matrix products over those pixels only:
+
+        weight gradient (O, 9C) = G_p^T (O, P) @ patches (P, 9C)
+        input gradient: rows of G_p (P, O) @ W (O, 9C), added into each pixel's 3x3 neighbours,
+
+    where G_p holds the P pixels' output gradients and ``patches`` their 3x3 input neighbourhoods
+    (zeros outside the map). The same sums as the dense kernels, in another order. When more than
+    a third of the pixels carry a gradient the dense kernels are faster, and are used.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, None, 1, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad
+        n, o, h, w = grad.shape
+        c, m = x.shape[1], n * h * w
+        g_rows = grad.permute(0, 2, 3, 1).reshape(m, o)  # (N*H*W, O), a view of a channels-last grad
+        pixels = g_rows.abs().sum(1).nonzero().squeeze(1)  # (P,) pixels with any gradient
+        if pixels.numel() * 3 > m:
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_x, need_w, False]
+            )
+            return gx, gw
+        g_p = g_rows[pixels]  # (P, O)
+        dy = torch.tensor([d[0] for d in _NEIGHBOURS], device=grad.device)
+        dx = torch.tensor([d[1] for d in _NEIGHBOURS], device=grad.device)
+        ny, nx = (pixels // w % h)[:, None] + dy, (pixels % w)[:, None] + dx  # (P, 9)
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        neighbours = torch.where(inside, pixels[:, None] + (dy * w + dx), m)  # (P, 9); outside -> row m
+        gx = gw = None
+        if need_w:
+            x_rows = x.permute(0, 2, 3, 1).reshape(m, c)  # (N*H*W, C)
+            patches = x_rows[neighbours.clamp(max=m - 1)].masked_fill_(~inside.unsqueeze(2), 0)  # (P, 9, C)
+            gw = g_p.t().mm(patches.view(-1, 9 * c))  # (O, 9C)
+            gw = gw.view(o, 3, 3, c).permute(0, 3, 1, 2)  # (O, C, 3, 3), channels-last
+        if need_x:
+            spread = g_p.mm(weight.permute(0, 2, 3, 1).reshape(o, 9 * c))  # (P, 9C)
+            rows = x.new_zeros(m + 1, c)  # row m collects what falls outside the map
+            rows.index_add_(0, neighbours.view(-1), spread.view(-1, c))
+            gx = rows[:m].view(n, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W), channels-last
+        return gx, gw
+
+
+def conv3x3_sparse_grad(x: Tensor, weight: Tensor) -> Tensor:
+    """``F.conv2d(x, weight, None, 1, 1)`` for a 3x3 kernel, with a backward pass that costs
+    in proportion to the output pixels that receive a gradient (see :class:`_Conv3x3SparseGrad`).
+    """
+    return _Conv3x3SparseGrad.apply(x, weight)
+
+
 class ConvBlock(nn.Sequential):
     """Conv 3x3 [+ BatchNorm] + MaxPool 2x2 + ReLU, as an ``nn.Sequential`` of those layers.
 
@@ -151,7 +221,9 @@ class ConvBlock(nn.Sequential):
     for bit in the pooling; the convolution rounds its sum without the bias), and the bias
     gradient is summed over a map 4x smaller. On a CPU that saves most of the cost of the bias
     gradient inside the first layer's weight-gradient kernel (``python benchmarks/rejected.py``
-    compares it).
+    compares it). With ``sparse_grad`` (set by :class:`FlowerCNN` on the block that feeds a
+    max-pooling SPP head) the convolution's backward pass runs on a CPU through
+    :func:`conv3x3_sparse_grad`, which skips the output pixels that get no gradient.
 
     Inference on a CPU (eval mode with no gradient to compute): the layers run in order, the
     bias inside the convolution, and the 2x2 max pooling as :func:`max_pool_2x2`, which writes
@@ -161,12 +233,34 @@ class ConvBlock(nn.Sequential):
     weights load either way.
     """
 
+    def __init__(self, *layers: nn.Module, sparse_grad: bool = False) -> None:
+        super().__init__(*layers)
+        self.sparse_grad = sparse_grad
+
+    def _sparse_grad_applies(self, x: Tensor) -> bool:
+        conv = self[0]
+        return (
+            self.sparse_grad
+            and x.device.type == "cpu"
+            and x.dtype == conv.weight.dtype
+            and not torch.is_autocast_enabled("cpu")
+            and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1)
+            and conv.padding == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and not _capturing()
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         conv = self[0]
         if self.training:
             if conv.bias is None or len(self) != 3:
                 return super().forward(x)
-            x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+            if self._sparse_grad_applies(x):
+                x = conv3x3_sparse_grad(x, conv.weight)
+            else:
+                x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
             return F.relu(self[1](x) + conv.bias.view(1, -1, 1, 1), inplace=True)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
         if needs_grad or x.device.type != "cpu" or _capturing():  # measured on CPUs only
@@ -235,6 +329,8 @@ class FlowerCNN(nn.Module):
                 layers.append(nn.BatchNorm2d(width))
             blocks.append(ConvBlock(*layers, nn.MaxPool2d(2), nn.ReLU(inplace=True)))
             channels = width
+        # Behind max-pooling SPP only a few pixels of the last conv map get a gradient.
+        blocks[-1].sparse_grad = isinstance(pool, SpatialPyramidPooling) and pool.mode == "max" and not batch_norm
         self.features = nn.ModuleList(blocks)
         self.pool = pool
         self.num_features = pool.output_features(channels)
