@@ -16,7 +16,10 @@ threads), medians; the printed figure is the time ratio alternative / default (a
     and over whole forward passes (batch 32 at 180x180, one 240x320 image);
   * a contiguous (NCHW) batch, as augmentation returns it, rescaled in its own layout and left
     to the first convolution to reorder (the default until 2026-11-26; now the rescaling writes
-    it channels-last), over whole training steps.
+    it channels-last), over whole training steps;
+  * the last conv's backward pass through oneDNN's dense kernels (the default until
+    2026-11-26; now models.conv3x3_sparse_grad visits only the pixels that get a gradient from
+    the max-pooling SPP head), over whole training steps.
 
     python benchmarks/rejected.py [--no-compile]
 """
@@ -169,18 +172,22 @@ def main() -> None:
         print(f"study training step {label}, conv bias inside the convolution: {bias_in_conv_ratio():.2f}")
         print(f"study training step {label}, contiguous batch reordered by the first conv: "
               f"{contiguous_input_ratio():.2f}")
+        print(f"study training step {label}, dense backward for the last conv: {dense_last_conv_ratio():.2f}")
         batch, single = pooling_with_indices_ratios()
         print(f"inference {label} with max_pool2d (indices): batch 32 at 180x180 {batch:.2f}, "
               f"one 240x320 image {single:.2f}")
 
 
-def step_ratio(alter, x: torch.Tensor, steps: int = 9) -> float:
+def step_ratio(alter, x: torch.Tensor, steps: int = 9, common=None) -> float:
     """Median over training steps of the study network of (step time of a model changed by
-    ``alter(model)``) / (default step time), the two models' steps alternating, on batch ``x``."""
+    ``alter(model)``) / (default step time), the two models' steps alternating, on batch ``x``;
+    ``common(model)``, when given, changes both models first."""
 
     def make(changed: bool):
         torch.manual_seed(0)
         model = build_model("spp").to(memory_format=CL)
+        if common is not None:
+            common(model)
         if changed:
             alter(model)
         return model, torch.optim.Adam(model.parameters(), 1e-3)
@@ -200,13 +207,18 @@ def step_ratio(alter, x: torch.Tensor, steps: int = 9) -> float:
 
 
 def bias_in_conv_ratio() -> float:
-    """Step time ratio with the bias in the conv kernel (the plain Sequential order)."""
+    """Step time ratio with the bias in the conv kernel (the plain Sequential order), both
+    models with the dense backward for the last conv (the plain order has no sparse one)."""
 
     def alter(model):
         for block in model.features:  # conv(+bias), pool, ReLU
             block.forward = nn.Sequential.forward.__get__(block)
 
-    return step_ratio(alter, torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL))
+    def dense_last_conv(model):
+        model.features[-1].sparse_grad = False
+
+    x = torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL)
+    return step_ratio(alter, x, common=dense_last_conv)
 
 
 def contiguous_input_ratio() -> float:
@@ -217,6 +229,18 @@ def contiguous_input_ratio() -> float:
         model._rescale = lambda x: x * (1.0 / 255.0)
 
     return step_ratio(alter, torch.rand(32, 3, 180, 180).mul(255))  # contiguous, as grid_sample returns
+
+
+def dense_last_conv_ratio() -> float:
+    """Step time ratio with the last conv's backward through oneDNN's dense kernels (default:
+    only over the pixels that the SPP head sends a gradient to). Random pixels and an untrained
+    network, as in the other rows: there that gradient reaches about a quarter of the conv
+    map's pixels; after 20 epochs on the flowers, about a seventh."""
+
+    def alter(model):
+        model.features[-1].sparse_grad = False
+
+    return step_ratio(alter, torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL))
 
 
 def pooling_with_indices_ratios(repeats: int = 15) -> tuple[float, float]:
