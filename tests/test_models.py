@@ -226,6 +226,14 @@ def test_sparse_grad_conv_computes_only_the_gradients_asked_for():
     torch.testing.assert_close(weight.grad, dense_conv_grads(x, weight, grad)[1])
 
 
+def test_sparse_grad_conv_with_no_gradient_at_all_returns_zeros():
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    conv3x3_sparse_grad(x, weight).backward(torch.zeros(2, 4, 6, 5))
+    assert x.grad.shape == x.shape and weight.grad.shape == weight.shape
+    assert not x.grad.any() and not weight.grad.any()
+
+
 @pytest.mark.parametrize(
     "name,kwargs,expected",
     [("spp", {}, True), ("spp", dict(pool="avg"), False), ("spp", dict(batch_norm=True), False), ("gap", {}, False),
