@@ -186,7 +186,7 @@ class _Conv3x3SparseGrad(torch.autograd.Function):
                 grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_x, need_w, False]
             )
             return gx, gw
-        g_p = g_rows[pixels]  # (P, O)
+        g_p = g_rows.index_select(0, pixels)  # (P, O); index_select: several times faster than [] here
         dy = torch.tensor([d[0] for d in _NEIGHBOURS], device=grad.device)
         dx = torch.tensor([d[1] for d in _NEIGHBOURS], device=grad.device)
         ny, nx = (pixels // w % h)[:, None] + dy, (pixels % w)[:, None] + dx  # (P, 9)
@@ -194,8 +194,9 @@ class _Conv3x3SparseGrad(torch.autograd.Function):
         neighbours = torch.where(inside, pixels[:, None] + (dy * w + dx), m)  # (P, 9); outside -> row m
         gx = gw = None
         if need_w:
-            x_rows = x.permute(0, 2, 3, 1).reshape(m, c)  # (N*H*W, C)
-            patches = x_rows[neighbours.clamp(max=m - 1)].masked_fill_(~inside.unsqueeze(2), 0)  # (P, 9, C)
+            zero = x.new_zeros(1, c)  # row m: what lies outside the map
+            x_rows = torch.cat((x.permute(0, 2, 3, 1).reshape(m, c), zero))  # (N*H*W + 1, C)
+            patches = x_rows.index_select(0, neighbours.view(-1))  # (P * 9, C)
             gw = g_p.t().mm(patches.view(-1, 9 * c))  # (O, 9C)
             gw = gw.view(o, 3, 3, c).permute(0, 3, 1, 2)  # (O, C, 3, 3), channels-last
         if need_x:
