@@ -226,6 +226,12 @@ def test_sparse_grad_conv_computes_only_the_gradients_asked_for():
     torch.testing.assert_close(weight.grad, dense_conv_grads(x, weight, grad)[1])
 
 
+@pytest.mark.parametrize("x_shape,w_shape", [((2, 3, 6, 6), (4, 3, 5, 5)), ((2, 3, 6, 6), (4, 2, 3, 3)), ((3, 6, 6), (4, 3, 3, 3))])
+def test_sparse_grad_conv_refuses_other_shapes(x_shape, w_shape):
+    with pytest.raises(ValueError, match="needs x"):
+        conv3x3_sparse_grad(torch.randn(x_shape), torch.randn(w_shape))
+
+
 def test_sparse_grad_conv_with_no_gradient_at_all_returns_zeros():
     x = torch.randn(2, 3, 6, 5, requires_grad=True)
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)

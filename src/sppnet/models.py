@@ -210,7 +210,18 @@ class _Conv3x3SparseGrad(torch.autograd.Function):
 def conv3x3_sparse_grad(x: Tensor, weight: Tensor) -> Tensor:
     """``F.conv2d(x, weight, None, 1, 1)`` for a 3x3 kernel, with a backward pass that costs
     in proportion to the output pixels that receive a gradient (see :class:`_Conv3x3SparseGrad`).
+
+    Shape:
+        x: (N, C, H, W); weight: (O, C, 3, 3); output: (N, O, H, W).
+
+    Raises:
+        ConfigError: for other shapes.
     """
+    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[-2:]) != (3, 3) or weight.shape[1] != x.shape[1]:
+        raise ConfigError(
+            f"conv3x3_sparse_grad needs x (N, C, H, W) and weight (O, C, 3, 3), got {tuple(x.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
     return _Conv3x3SparseGrad.apply(x, weight)
 
 
