@@ -148,25 +148,26 @@ class Augment:
             for i, (row, col, _, _) in enumerate(terms):
                 size = width if i == 0 else height
                 torch.add(row * (2 / size) + (1 / size - 1), col, alpha=2 / size, out=grid[..., i])
-            return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
-        # grid_sample's coordinates (align_corners=True): pixel centre i -> i * scale - 1. Every
-        # full-size (N, H, W) pass writes in place or straight into the grid (no stacking copy).
-        for i, (row, col, length, scale) in enumerate(terms):
-            out = grid[..., i]
-            if reflect:
-                # Reflect into [-0.5, length - 0.5] (see _reflect), clamp to the first and last
-                # pixel centres of each image's valid region (beyond them, reflect's bilinear
-                # value is that pixel's), and scale: r = length - 0.5 - |((c + 0.5) mod
-                # 2 length) - length|.
-                folded = torch.add(row + 0.5, col).remainder_(2 * length).sub_(length).abs_()
-                torch.sub((length - 0.5) * scale - 1, folded, alpha=scale, out=out)
-                out.clamp_(torch.full_like(length, -1.0), (length - 1) * scale - 1)
-            else:
-                torch.add(row * scale - 1, col * scale, out=out)
-        # Constant fill reads zeros outside the image: beyond the tensor through grid_sample's
-        # zero padding, and inside a padded batch from the (zero) padding itself.
-        padding_mode = "border" if reflect else "zeros"
-        out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=True)
+            padding_mode, align_corners = "reflection", False
+        else:
+            # grid_sample's coordinates (align_corners=True): pixel centre i -> i * scale - 1.
+            # Every full-size (N, H, W) pass writes in place or straight into the grid.
+            for i, (row, col, length, scale) in enumerate(terms):
+                out = grid[..., i]
+                if reflect:
+                    # Reflect into [-0.5, length - 0.5] (see _reflect), clamp to the first and
+                    # last pixel centres of each image's valid region (beyond them, reflect's
+                    # bilinear value is that pixel's), and scale: r = length - 0.5 -
+                    # |((c + 0.5) mod 2 length) - length|.
+                    folded = torch.add(row + 0.5, col).remainder_(2 * length).sub_(length).abs_()
+                    torch.sub((length - 0.5) * scale - 1, folded, alpha=scale, out=out)
+                    out.clamp_(torch.full_like(length, -1.0), (length - 1) * scale - 1)
+                else:
+                    torch.add(row * scale - 1, col * scale, out=out)
+            # Constant fill reads zeros outside the image: beyond the tensor through
+            # grid_sample's zero padding, and inside a padded batch from the (zero) padding.
+            padding_mode, align_corners = ("border" if reflect else "zeros"), True
+        out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=align_corners)
         if sizes is not None:
             valid = (ys < h) & (xs < w)  # (N, H, W)
             out = out * valid.unsqueeze(1).to(out.dtype)
