@@ -277,3 +277,8 @@ def test_training_gradients_with_sparse_gradients_equal_the_dense_ones(padded):
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], msg=key)
     assert grads[0]["features.2.0.weight"].abs().sum() > 0
+
+
+def test_sparse_gradients_are_refused_for_another_conv_geometry():
+    with pytest.raises(ValueError, match="sparse_grad needs a 3x3 conv with stride 1 and padding 1"):
+        ConvBlock(torch.nn.Conv2d(3, 4, 5, padding=2), torch.nn.MaxPool2d(2), torch.nn.ReLU(), sparse_grad=True)

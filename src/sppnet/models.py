@@ -247,20 +247,19 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, *layers: nn.Module, sparse_grad: bool = False) -> None:
         super().__init__(*layers)
+        conv = self[0]
+        if sparse_grad and (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) != (
+            (3, 3), (1, 1), (1, 1), (1, 1), 1
+        ):
+            raise ConfigError(f"sparse_grad needs a 3x3 conv with stride 1 and padding 1, got {conv}")
         self.sparse_grad = sparse_grad
 
     def _sparse_grad_applies(self, x: Tensor) -> bool:
-        conv = self[0]
         return (
             self.sparse_grad
             and x.device.type == "cpu"
-            and x.dtype == conv.weight.dtype
+            and x.dtype == self[0].weight.dtype
             and not torch.is_autocast_enabled("cpu")
-            and conv.kernel_size == (3, 3)
-            and conv.stride == (1, 1)
-            and conv.padding == (1, 1)
-            and conv.dilation == (1, 1)
-            and conv.groups == 1
             and not _capturing()
         )
 
@@ -327,8 +326,10 @@ class FlowerCNN(nn.Module):
             raise ConfigError("widths must name at least one conv block")
         self.config = dict(config or {})
         self.stride = 2 ** len(widths)
+        # Behind max-pooling SPP only a few pixels of the last conv map get a gradient.
+        sparse_last = isinstance(pool, SpatialPyramidPooling) and pool.mode == "max" and not batch_norm
         blocks, channels = [], 3
-        for width in widths:
+        for i, width in enumerate(widths):
             # Keras' Conv2D(activation="relu") then MaxPool2D; ReLU and max pooling commute
             # (both are monotone), so pooling first computes the same values and gradients with
             # the ReLU on a map 4x smaller: a large saving on CPU, where these passes are
@@ -339,10 +340,9 @@ class FlowerCNN(nn.Module):
             layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=not batch_norm)]
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width))
-            blocks.append(ConvBlock(*layers, nn.MaxPool2d(2), nn.ReLU(inplace=True)))
+            sparse_grad = sparse_last and i == len(widths) - 1
+            blocks.append(ConvBlock(*layers, nn.MaxPool2d(2), nn.ReLU(inplace=True), sparse_grad=sparse_grad))
             channels = width
-        # Behind max-pooling SPP only a few pixels of the last conv map get a gradient.
-        blocks[-1].sparse_grad = isinstance(pool, SpatialPyramidPooling) and pool.mode == "max" and not batch_norm
         self.features = nn.ModuleList(blocks)
         self.pool = pool
         self.num_features = pool.output_features(channels)
