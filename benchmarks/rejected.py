@@ -178,6 +178,22 @@ def main() -> None:
               f"one 240x320 image {single:.2f}")
 
 
+def study_batch() -> torch.Tensor:
+    """32 random images at 180x180, float 0..255, channels-last."""
+    return torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL)
+
+
+def declared_order(model) -> None:
+    """Runs each block's layers as declared: conv(+bias), max_pool2d (with indices), ReLU."""
+    for block in model.features:
+        block.forward = nn.Sequential.forward.__get__(block)
+
+
+def dense_last_conv(model) -> None:
+    """The last conv's backward pass through oneDNN's dense kernels."""
+    model.features[-1].sparse_grad = False
+
+
 def step_ratio(alter, x: torch.Tensor, steps: int = 9, common=None) -> float:
     """Median over training steps of the study network of (step time of a model changed by
     ``alter(model)``) / (default step time), the two models' steps alternating, on batch ``x``;
@@ -209,16 +225,7 @@ def step_ratio(alter, x: torch.Tensor, steps: int = 9, common=None) -> float:
 def bias_in_conv_ratio() -> float:
     """Step time ratio with the bias in the conv kernel (the plain Sequential order), both
     models with the dense backward for the last conv (the plain order has no sparse one)."""
-
-    def alter(model):
-        for block in model.features:  # conv(+bias), pool, ReLU
-            block.forward = nn.Sequential.forward.__get__(block)
-
-    def dense_last_conv(model):
-        model.features[-1].sparse_grad = False
-
-    x = torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL)
-    return step_ratio(alter, x, common=dense_last_conv)
+    return step_ratio(declared_order, study_batch(), common=dense_last_conv)
 
 
 def contiguous_input_ratio() -> float:
@@ -228,7 +235,7 @@ def contiguous_input_ratio() -> float:
     def alter(model):
         model._rescale = lambda x: x * (1.0 / 255.0)
 
-    return step_ratio(alter, torch.rand(32, 3, 180, 180).mul(255))  # contiguous, as grid_sample returns
+    return step_ratio(alter, study_batch().contiguous())  # contiguous, as grid_sample returns
 
 
 def dense_last_conv_ratio() -> float:
@@ -236,11 +243,7 @@ def dense_last_conv_ratio() -> float:
     only over the pixels that the SPP head sends a gradient to). Random pixels and an untrained
     network, as in the other rows: there that gradient reaches about a quarter of the conv
     map's pixels; after 20 epochs on the flowers, about a seventh."""
-
-    def alter(model):
-        model.features[-1].sparse_grad = False
-
-    return step_ratio(alter, torch.rand(32, 3, 180, 180).mul(255).contiguous(memory_format=CL))
+    return step_ratio(dense_last_conv, study_batch())
 
 
 def pooling_with_indices_ratios(repeats: int = 15) -> tuple[float, float]:
@@ -250,8 +253,7 @@ def pooling_with_indices_ratios(repeats: int = 15) -> tuple[float, float]:
     default = build_model("spp").to(memory_format=CL).eval()
     plain = build_model("spp").to(memory_format=CL).eval()
     plain.load_state_dict(default.state_dict())
-    for block in plain.features:  # conv(+bias), max_pool2d, ReLU: the layers as declared
-        block.forward = nn.Sequential.forward.__get__(block)
+    declared_order(plain)
     ratios = []
     with torch.inference_mode():
         for shape in ((32, 3, 180, 180), (1, 3, 240, 320)):

@@ -6,7 +6,8 @@ Measures, in one run, with synthetic uint8 images (speed does not depend on pixe
     and the seconds an epoch of the 2,936 flower training images takes at that rate;
   * inference images/s at batch 32 (180x180) and single-image latency at 240x320;
   * the achieved FLOP/s as a fraction of the fp32 matmul peak measured in the same run
-    (one training image at 180x180 costs about 0.54 GFLOP: forward 0.18, backward twice that);
+    (one training image at 180x180 costs about 0.54 GFLOP with dense kernels: forward 0.18,
+    backward twice that; the sparse last-conv gradient does less, so this is dense-equivalent);
   * where a training step's time goes: batch assembly, augmentation, forward, backward and the
     optimizer, timed around each phase (not with torch.profiler, whose bookkeeping changes how
     glibc reuses memory and turns the 66 MB gradient buffer of the first pooling layer into
@@ -189,7 +190,7 @@ def main() -> None:
     print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
     print(
         f"training : {train_ips:6.1f} images/s ({1000 * statistics.median(steps):.1f} ms/step; "
-        f"{2936 / train_ips:.1f} s per flowers epoch); {achieved:.0f} GFLOP/s = "
+        f"{2936 / train_ips:.1f} s per flowers epoch); {achieved:.0f} GFLOP/s dense-equivalent = "
         f"{achieved / peak32:.0%} of fp32 peak, {achieved / peak16:.0%} of bf16 peak"
     )
     total = sum(phases.values())
