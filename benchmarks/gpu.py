@@ -15,7 +15,6 @@ command, exit status, wall time, metrics.json and history). Run folders go under
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -34,6 +33,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=480, help="seconds for all steps together")
     args = parser.parse_args()
     import torch  # after argument parsing, so that --help is quick
+
+    sys.path.insert(0, str(ROOT / "src"))  # as the steps below get it through PYTHONPATH
+    from sppnet.runs import RunFolder
 
     if not torch.cuda.is_available():
         parser.exit(2, "error: PyTorch sees no CUDA device here; this benchmark measures the GPU path\n")
@@ -68,16 +70,14 @@ def main() -> None:
         step(f"throughput {' '.join(extra)}", [py, "benchmarks/throughput.py", "--device", "cuda", *extra], 90)
 
     def train(name: str, extra: list[str], limit: float) -> None:
-        run = args.runs / name
-        cmd = [py, "-m", "sppnet", "train", args.data, "--device", "cuda", "--out", str(run), *extra]
+        run = RunFolder(args.runs / name)
+        cmd = [py, "-m", "sppnet", "train", args.data, "--device", "cuda", "--out", str(run.path), *extra]
         t0 = time.monotonic()
         code = step(f"train {name}", cmd, limit)
         entry = {"command": " ".join(cmd[2:]), "exit": code, "wall_seconds": round(time.monotonic() - t0, 1)}
-        if (run / "metrics.json").is_file():
-            entry["metrics"] = json.loads((run / "metrics.json").read_text())
-        if (run / "history.csv").is_file():
-            with (run / "history.csv").open() as f:
-                entry["history"] = list(csv.DictReader(f))
+        if run.file("metrics.json").is_file():
+            entry["metrics"] = run.read_json("metrics.json")
+        entry["history"] = run.read_history()  # [] when no epoch finished
         summary["runs"][name] = entry
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
 

@@ -16,23 +16,21 @@ from pathlib import Path
 
 from PIL import Image
 
-SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+from sppnet.predict import expand_images
 
 
 def shrink(src: Path, dst: Path, side: int, quality: int) -> str | None:
     """Writes the smaller copy; returns a one-line reason instead when ``src`` cannot be read."""
     try:
         with Image.open(src) as image:
-            image.load()
+            image = image.convert("RGB")  # decodes the file, once
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         return f"{src}: skipped, not a readable image ({err})"
+    scale = side / min(image.size)
+    if scale < 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(src) as image:
-        image = image.convert("RGB")
-        scale = side / min(image.size)
-        if scale < 1:
-            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-        image.save(dst.with_suffix(src.suffix if src.suffix.lower() in (".jpg", ".jpeg") else ".jpg"), quality=quality)
+    image.save(dst.with_suffix(src.suffix if src.suffix.lower() in (".jpg", ".jpeg") else ".jpg"), quality=quality)
     return None
 
 
@@ -47,7 +45,7 @@ def main() -> None:
         parser.exit(2, f"error: {args.src}: not a folder\n")
     if args.dst.exists():
         parser.exit(2, f"error: {args.dst}: already exists; give a new folder\n")
-    files = [p for p in sorted(args.src.rglob("*")) if p.is_file() and p.suffix.lower() in SUFFIXES]
+    files = expand_images([args.src])  # the image files sppnet itself would read, sorted
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         skipped = [r for r in pool.map(lambda p: shrink(p, args.dst / p.relative_to(args.src), args.side, args.quality),
                                        files) if r]
