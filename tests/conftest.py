@@ -24,6 +24,13 @@ def write_image(path: Path, size=(32, 24), color=None, fmt=None, seed=0) -> Path
     return path
 
 
+def history_without_seconds(run) -> list[dict]:
+    """A run folder's history without the timing column, for comparing runs."""
+    from sppnet.runs import RunFolder
+
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in RunFolder(run).read_history()]
+
+
 def make_dataset(root: Path, classes: dict[str, int], size=(40, 30), vary=False) -> Path:
     """root/<class>/img_<k>.jpg with a distinct colour per class (learnable) plus noise."""
     palette = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 30), (200, 40, 200)]

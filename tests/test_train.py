@@ -19,7 +19,7 @@ from sppnet.predict import Predictor
 from sppnet.runs import RunFolder
 from sppnet.train import Reporter, TrainConfig, train
 
-from conftest import make_dataset, write_image
+from conftest import history_without_seconds, make_dataset, write_image
 
 FAST = ["--size", "32", "--batch-size", "8"]
 
@@ -34,10 +34,6 @@ def trained_run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     assert main(["train", str(dataset), "--out", str(out), "--epochs", "2", *FAST]) == 0
     return out
-
-
-def history_without_seconds(run):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in RunFolder(run).read_history()]
 
 
 def test_run_folder_is_complete(trained_run, dataset):
