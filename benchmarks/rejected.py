@@ -8,6 +8,10 @@ threads), medians; the printed figure is the time ratio alternative / default (a
   * conv backward with oneDNN off (PyTorch's own im2col convolution);
   * max pooling + ReLU as a custom autograd function in tensor ops (first-match mask, no
     zero-fill in backward), and the default pooling + ReLU through torch.compile;
+  * max pooling + bias + ReLU as two torch.compile (inductor) kernels over channels-last maps,
+    one pass each way (forward: output and a float code of the first maximum, or of a ReLU
+    that cut the value; backward: the input gradient and the bias gradient from that code),
+    over whole training steps;
   * the conv bias inside the convolution kernel, before the pooling (the default until
     2026-11-26; now it is added after the pooling), over whole training steps of the study
     network, the two models' steps alternating;
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sppnet._perf import keep_freed_memory
+from sppnet import models
 from sppnet.models import build_model, max_pool_2x2
 
 CL = torch.channels_last
@@ -101,6 +106,78 @@ class PoolReLU(torch.autograd.Function):
         full = torch.where(mask, gp[:, :, None, :, None, :], 0.0).flatten(3, 4).flatten(1, 2)
         full = F.pad(full, (0, 0, 0, w - full.shape[2], 0, h - full.shape[1]))
         return full.permute(0, 3, 1, 2)
+
+
+def _pool_bias_relu_forward(x: torch.Tensor, bias: torch.Tensor):
+    """x (N, H, W, C) contiguous -> relu(max_pool(x, 2) + bias) (N, H/2, W/2, C) and, per output
+    value, the position of the first maximum in its window (0..3), or 4 where the ReLU cut it."""
+    h, w = x.shape[1] // 2, x.shape[2] // 2
+    x6 = x[:, : 2 * h, : 2 * w].unflatten(1, (h, 2)).unflatten(3, (w, 2))
+    a, b, c, d = x6[:, :, 0, :, 0], x6[:, :, 0, :, 1], x6[:, :, 1, :, 0], x6[:, :, 1, :, 1]
+    top = torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
+    code = torch.where(a == top, 0.0, torch.where(b == top, 1.0, torch.where(c == top, 2.0, 3.0)))
+    out = torch.relu(top + bias)
+    return out, torch.where(out > 0, code, 4.0)  # a float code: inductor vectorises uint8 badly
+
+
+def _pool_bias_relu_backward(code: torch.Tensor, g: torch.Tensor, height: int, width: int):
+    n, h, w, c = g.shape
+    gb = torch.where(code < 4, g, 0.0).sum((0, 1, 2))
+    slot = (torch.arange(2).view(2, 1) * 2 + torch.arange(2).view(1, 2)).float().view(1, 1, 2, 1, 2, 1)
+    gx = torch.where(code[:, :, None, :, None] == slot, g[:, :, None, :, None], 0.0).reshape(n, 2 * h, 2 * w, c)
+    return F.pad(gx, (0, 0, 0, width - 2 * w, 0, height - 2 * h)), gb
+
+
+class CompiledPoolBiasReLU(torch.autograd.Function):
+    """relu(max_pool2d(x, 2) + bias) for channels-last x through two compiled kernels."""
+
+    forward_kernel = backward_kernel = None
+
+    @staticmethod
+    def forward(ctx, x, bias):
+        cls = CompiledPoolBiasReLU
+        if cls.forward_kernel is None:
+            cls.forward_kernel = torch.compile(_pool_bias_relu_forward, dynamic=True, fullgraph=True)
+            cls.backward_kernel = torch.compile(_pool_bias_relu_backward, dynamic=True, fullgraph=True)
+        out, code = cls.forward_kernel(x.permute(0, 2, 3, 1), bias)
+        ctx.save_for_backward(code)
+        ctx.size = tuple(x.shape[-2:])
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        (code,) = ctx.saved_tensors
+        gx, gb = CompiledPoolBiasReLU.backward_kernel(code, g.permute(0, 2, 3, 1).contiguous(), *ctx.size)
+        return gx.permute(0, 3, 1, 2), gb
+
+
+def compiled_pool_ratio() -> float:
+    """Step time ratio with each block's pooling, bias and ReLU as CompiledPoolBiasReLU
+    (compiled before timing; both models keep the sparse last-conv gradient)."""
+
+    def block_forward(block, x):
+        if block.sparse_grad:
+            x = models.conv3x3_sparse_grad(x, block[0].weight)
+        else:
+            x = F.conv2d(x, block[0].weight, None, 1, 1)
+        return CompiledPoolBiasReLU.apply(x, block[0].bias)
+
+    def alter(model):
+        for block in model.features:
+            block.forward = block_forward.__get__(block)
+
+    x, y = study_batch(), torch.arange(32) % 5
+    grads = []
+    for changed in (False, True):  # the same gradients (up to the bias sums' order) before timing
+        torch.manual_seed(0)
+        model = build_model("spp").to(memory_format=CL)
+        if changed:
+            alter(model)
+        F.cross_entropy(model(x), y).backward()  # same seed, same dropout mask
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    return step_ratio(alter, x)
 
 
 def main() -> None:
@@ -173,6 +250,9 @@ def main() -> None:
         print(f"study training step {label}, contiguous batch reordered by the first conv: "
               f"{contiguous_input_ratio():.2f}")
         print(f"study training step {label}, dense backward for the last conv: {dense_last_conv_ratio():.2f}")
+        if not args.no_compile:
+            print(f"study training step {label}, pooling + bias + ReLU as two compiled kernels: "
+                  f"{compiled_pool_ratio():.2f}")
         batch, single = pooling_with_indices_ratios()
         print(f"inference {label} with max_pool2d (indices): batch 32 at 180x180 {batch:.2f}, "
               f"one 240x320 image {single:.2f}")
