@@ -233,6 +233,60 @@ def test_image_store_gathers_padded_channels_last_batches(tmp_path):
     assert out.is_contiguous(memory_format=data.torch.channels_last)
 
 
+@pytest.mark.parametrize("vary", [True, False])
+def test_store_decoded_into_a_folder_equals_the_in_memory_store(tmp_path, vary):
+    rng = np.random.default_rng(1)
+    for k in range(7):
+        size = (int(rng.integers(20, 50)), int(rng.integers(20, 50))) if vary else (30, 20)
+        write_image(tmp_path / "ds" / ("a" if k % 2 else "b") / f"{k}.png", size=size, seed=k)
+    (tmp_path / "ds" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    dataset = scan(tmp_path / "ds")
+    size = (lambda w, h: (w // 2, h // 2)) if vary else None
+    memory, kept, failures = ImageStore.from_dataset(dataset, size, workers=1)
+    folder = tmp_path / "store"
+    folder.mkdir()
+    mapped, kept_f, failures_f = ImageStore.from_dataset(dataset, size, workers=2, folder=folder, chunk=3)
+    assert kept_f.files == kept.files and len(kept.files) == 7
+    assert failures_f == failures and "broken.png" in failures[0][0]
+    assert mapped.labels.tolist() == memory.labels.tolist() and mapped.sizes.tolist() == memory.sizes.tolist()
+    assert (mapped.stacked is not None) == (not vary) == (memory.stacked is not None)
+    order = data.torch.tensor([6, 0, 3, 1])
+    for a, b in zip(mapped.gather(order), memory.gather(order)):
+        assert a.equal(b)
+    assert mapped.path.parent == folder and mapped.path.name.startswith(".sppnet-decoded-")
+    mapped.unlink()  # the name goes, the pages stay mapped
+    assert list(folder.iterdir()) == []
+    assert mapped.gather(order)[0].equal(memory.gather(order)[0])
+
+
+def test_decoding_into_a_folder_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
+    for k in range(4):
+        write_image(tmp_path / "ds" / "a" / f"{k}.png", seed=k)
+    folder = tmp_path / "store"
+    folder.mkdir()
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "_decode_many", fail)
+    with pytest.raises(KeyboardInterrupt):
+        ImageStore.from_dataset(scan(tmp_path / "ds"), folder=folder)
+    assert list(folder.iterdir()) == []
+
+
+def test_store_size_estimate_and_available_memory(tmp_path):
+    for k in range(10):
+        write_image(tmp_path / "ds" / "a" / f"{k}.png", size=(40, 20), seed=k)
+    (tmp_path / "ds" / "a" / "z_broken.png").write_bytes(b"not an image")
+    dataset = scan(tmp_path / "ds")
+    # Fixed target size: the estimate is exact for the readable files, counted over all files.
+    assert data.estimate_store_bytes(dataset, lambda w, h: (8, 8)) == 11 * 8 * 8 * 3
+    assert data.estimate_store_bytes(dataset) == 11 * 40 * 20 * 3
+    assert data.estimate_store_bytes(dataset.subset([])) == 0
+    free = data.available_memory()
+    assert free is None or free > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Locating, extracting, downloading
 

@@ -28,8 +28,10 @@ def torchrun(args, timeout=300, script=None):
 
 def test_two_processes_match_one(tmp_path):
     data = make_dataset(tmp_path / "ds", {"a": 9, "b": 8, "c": 7}, size=(40, 30), vary=True)
-    done = torchrun(["train", str(data), "--out", str(tmp_path / "ddp"), *COMMON])
+    # The ranks map images decoded into files (--store-dir); the single process keeps them in memory.
+    done = torchrun(["train", str(data), "--out", str(tmp_path / "ddp"), *COMMON, "--store-dir", str(tmp_path / "store")])
     assert done.returncode == 0, done.stderr[-2000:]
+    assert list((tmp_path / "store").iterdir()) == []
     assert done.stdout.count("Epoch 2/2") == 1  # only rank 0 prints
     single = subprocess.run([sys.executable, "-m", "sppnet", "train", str(data), "--out", str(tmp_path / "one"), *COMMON],
                             capture_output=True, text=True)

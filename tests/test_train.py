@@ -74,6 +74,26 @@ def test_same_seed_gives_the_same_history(trained_run, dataset, tmp_path):
     assert history_without_seconds(again) == history_without_seconds(trained_run)
 
 
+def test_store_dir_trains_the_same_and_leaves_nothing_on_disk(trained_run, dataset, tmp_path):
+    store = tmp_path / "decoded" / "here"  # made if missing
+    out = tmp_path / "mapped"
+    assert main(["train", str(dataset), "--out", str(out), "--epochs", "2", *FAST, "--store-dir", str(store)]) == 0
+    assert history_without_seconds(out) == history_without_seconds(trained_run)
+    assert store.is_dir() and list(store.iterdir()) == []
+
+
+def test_images_that_would_not_fit_in_memory_are_decoded_into_the_run_folder(trained_run, dataset, tmp_path,
+                                                                              monkeypatch, capsys):
+    from sppnet import data
+
+    monkeypatch.setattr(data, "available_memory", lambda: 1000)  # bytes: nothing fits
+    out = tmp_path / "auto"
+    assert main(["train", str(dataset), "--out", str(out), "--epochs", "2", *FAST]) == 0
+    assert "more than 75% of the 0.0 GB of memory available: decoding them into memory-mapped files in" in capsys.readouterr().out
+    assert history_without_seconds(out) == history_without_seconds(trained_run)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".sppnet-decoded-")]
+
+
 def test_resume_after_kill_matches_an_uninterrupted_run(dataset, tmp_path):
     full = tmp_path / "full"
     args = ["train", str(dataset), "--epochs", "4", "--size", "64", "--batch-size", "4"]
@@ -239,6 +259,7 @@ def run_cli(args, capsys):
         (["train", "{data}", "--out", "{tmp}/x", "--size", "4"], "size must be an integer >= 8"),
         (["train", "{data}", "--out", "{tmp}/x", "--preset", "magic"], "unknown --preset 'magic'"),
         (["train", "{tmp}/no-such-data", "--out", "{tmp}/x"], "no-such-data: no such folder or archive"),
+        (["train", "{data}", "--out", "{tmp}/x", "--store-dir", "{data}/amber/img_000.jpg"], "img_000.jpg: not a folder"),
         (["predict", "{tmp}/no-run", "{data}/amber/img_000.jpg"], "no-run: no such run folder"),
         (["predict", "{run}", "{data}/amber/img_000.jpg", "--top-k", "0"], "--top-k must be an integer >= 1"),
         (["evaluate", "{run}", "--size", "4"], "size must be an integer >= 8"),

@@ -191,6 +191,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend under torchrun (default: gloo on CPU, nccl on CUDA)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each subset")
+    parser.add_argument("--store-dir", metavar="DIR",
+                        help="decode the images into memory-mapped files in DIR instead of memory, for datasets "
+                             "larger than memory (the files are removed once mapped; default: memory, or the run "
+                             "folder when the decoded images would not fit in the memory available)")
     parser.set_defaults(run=_run_train)
 
 
@@ -207,7 +211,8 @@ def _run_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_preset(args.preset, data=args.data, device=args.device, **overrides)
     config.epochs = args.epochs if args.resume else config.epochs  # resume: the run's own unless given
     config.out = args.out or f"runs/{config.model if args.preset == 'study' else args.preset}"
-    metrics = train(config, resume=args.resume, reporter=ConsoleReporter(), backend=args.backend)
+    metrics = train(config, resume=args.resume, reporter=ConsoleReporter(), backend=args.backend,
+                    store_dir=args.store_dir)
     if metrics:
         print(f"best val_accuracy {metrics['best']['val_accuracy']:.4f} at epoch {metrics['best']['epoch']}; "
               f"run folder: {config.out}")

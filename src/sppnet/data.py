@@ -12,6 +12,7 @@ Cache: downloads and extracted archives live under ``$SPPNET_HOME`` if set, else
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
@@ -53,6 +54,9 @@ __all__ = [
     "run_split",
     "decode_image",
     "load_images",
+    "available_memory",
+    "estimate_store_bytes",
+    "ImageStore",
 ]
 
 #: File endings read as images (any case). Keras reads the same, without webp.
@@ -510,6 +514,15 @@ def load_images(
         A :class:`LoadResult`; unreadable files are listed there, with a warning each, not raised.
     """
 
+    out = _decode_many(paths, target_size, workers)
+    if out.failures:
+        log.warning("skipped %d unreadable image file(s)", len(out.failures))
+    return out
+
+
+def _decode_many(paths, target_size, workers: int | None) -> LoadResult:
+    """:func:`load_images` without the closing count (a warning per unreadable file)."""
+
     def one(path) -> np.ndarray | DataError:
         try:
             return np.array(decode_image(path, target_size))  # writable, for torch.from_numpy
@@ -530,9 +543,49 @@ def load_images(
         else:
             out.images.append(result)
             out.kept.append(i)
-    if out.failures:
-        log.warning("skipped %d unreadable image file(s)", len(out.failures))
     return out
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still fill: the kernel's MemAvailable, or less where a
+    cgroup (a container's limit) allows less. None where neither can be read (not Linux)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def estimate_store_bytes(
+    dataset: "Dataset", target_size: Callable[[int, int], tuple[int, int]] | None = None, sample: int = 256
+) -> int:
+    """About how many bytes the decoded images of ``dataset`` take in an :class:`ImageStore`,
+    from the headers of up to ``sample`` files spread over it (unreadable ones left out)."""
+    if len(dataset) == 0:
+        return 0
+    paths = dataset.paths()
+    picked = paths[:: max(1, len(paths) // sample)][:sample]
+    total = counted = 0
+    for path in picked:
+        try:
+            width, height = image_size(path)
+        except DataError:
+            continue
+        if target_size is not None:
+            width, height = target_size(width, height)
+        total += width * height * 3
+        counted += 1
+    return total * len(paths) // counted if counted else 0
 
 
 def _upright_size(img: Image.Image) -> tuple[int, int]:
@@ -623,6 +676,7 @@ class ImageStore:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.path: Path | None = None  # the file the images are mapped from (see attach)
         shapes = {a.shape for a in images}
         self.stacked: torch.Tensor | None = None
         self.images: list[torch.Tensor] = []
@@ -658,6 +712,7 @@ class ImageStore:
         total = int((sizes[:, 0] * sizes[:, 1]).sum()) * 3
         flat = torch.from_file(str(path), shared=True, size=total, dtype=torch.uint8) if total else torch.empty(0, dtype=torch.uint8)
         store = cls.__new__(cls)
+        store.path = path
         store.labels = torch.tensor(meta["labels"], dtype=torch.long)
         store.sizes = sizes
         store.stacked, store.images = None, []
@@ -693,19 +748,76 @@ class ImageStore:
             out[k, : image.shape[0], : image.shape[1]] = image
         return out.permute(0, 3, 1, 2), sizes
 
+    def unlink(self) -> None:
+        """Removes the file a mapped store was read from. Its pages stay mapped (POSIX) until the
+        store is gone, so nothing is left on disk even if the process is killed later; where
+        the system refuses (Windows), the file is removed when the process exits."""
+        if self.path is None:
+            return
+        paths = [self.path, Path(f"{self.path}.json")]
+        try:
+            for p in paths:
+                p.unlink(missing_ok=True)
+        except OSError:
+            atexit.register(lambda: [p.unlink(missing_ok=True) for p in paths])
+
     @classmethod
     def from_dataset(
         cls,
         dataset: Dataset,
         target_size: Callable[[int, int], tuple[int, int]] | None = None,
         workers: int | None = None,
+        folder: str | os.PathLike | None = None,
+        chunk: int = 512,
     ) -> tuple["ImageStore", Dataset, list[tuple[str, str]]]:
         """Decodes a dataset into a store.
+
+        Args:
+            dataset: the images.
+            target_size: see :func:`load_images`.
+            workers: decoding threads. Default: CPU count.
+            folder: decode into a new file in this folder, ``chunk`` images at a time, and map
+                it, so that memory never holds more than one chunk of decoded images and the
+                system pages the rest in from disk as batches need them: for datasets larger
+                than memory. The file (``.sppnet-decoded-*``, with a ``.json`` beside it) is
+                the caller's to remove, e.g. with :meth:`unlink` once mapped. Default: memory.
+            chunk: images decoded at a time into ``folder``.
 
         Returns:
             The store, the dataset of the images kept (unreadable ones dropped) and the
             (path, reason) of each unreadable file.
         """
+        if folder is not None:
+            return cls._decode_to_file(dataset, target_size, workers, Path(folder), chunk)
         result = load_images(dataset.paths(), target_size, workers)
         kept = dataset.subset(result.kept)
         return cls(result.images, kept.labels), kept, result.failures
+
+    @classmethod
+    def _decode_to_file(cls, dataset, target_size, workers, folder: Path, chunk: int):
+        paths = dataset.paths()
+        sizes: list[list[int]] = []
+        kept: list[int] = []
+        failures: list[tuple[str, str]] = []
+        fd, name = tempfile.mkstemp(prefix=".sppnet-decoded-", dir=folder)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for start in range(0, len(paths), chunk):
+                    result = _decode_many(paths[start : start + chunk], target_size, workers)
+                    for i, image in zip(result.kept, result.images):
+                        f.write(np.ascontiguousarray(image).tobytes())
+                        sizes.append(list(image.shape[:2]))
+                        kept.append(start + i)
+                    failures += result.failures
+            subset = dataset.subset(kept)
+            meta = {"labels": list(subset.labels), "sizes": sizes, "stacked": len({tuple(s) for s in sizes}) == 1}
+            Path(f"{path}.json").write_text(json.dumps(meta))
+            store = cls.attach(path)
+        except BaseException:
+            for p in (path, Path(f"{path}.json")):
+                p.unlink(missing_ok=True)
+            raise
+        if failures:
+            log.warning("skipped %d unreadable image file(s)", len(failures))
+        return store, subset, failures

@@ -102,10 +102,15 @@ def _broadcast_token(ctx: DistContext) -> str:
 def shared_store(ctx: DistContext, build: Callable[[], tuple], tag: str) -> tuple:
     """Builds ``(store, count, failures)`` once per machine and shares the store's pages.
 
-    ``build`` runs on the first process of each machine only; the others map its result.
+    ``build`` runs on the first process of each machine only; the others map its result: the
+    file a store decoded into a folder was mapped from, or a copy of an in-memory store in
+    shared memory. Once every process has mapped it, the file's name is removed (its pages stay
+    mapped), so nothing is left on disk.
     """
     if not ctx.enabled:
-        return build()
+        store, count, failures = build()
+        store.unlink()
+        return store, count, failures
     token = _broadcast_token(ctx)
     folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     path = folder / f"sppnet-{token}-{tag}"
@@ -117,12 +122,15 @@ def shared_store(ctx: DistContext, build: Callable[[], tuple], tag: str) -> tupl
     try:
         if ctx.local_rank == 0:
             store, count, failures = build()
-            store.share(path)
-            meta_path.write_text(json.dumps({"count": count, "failures": failures}))
+            if store.path is None:
+                store.share(path)
+            else:  # already in a file of its own: map that
+                path = store.path
+            meta_path.write_text(json.dumps({"count": count, "failures": failures, "path": str(path)}))
         dist.barrier()
         if ctx.local_rank != 0:
-            store = ImageStore.attach(path)
             extra = json.loads(meta_path.read_text())
+            store = ImageStore.attach(Path(extra["path"]))
             count, failures = extra["count"], [tuple(f) for f in extra["failures"]]
         dist.barrier()  # everyone has mapped the file: its name can go, the pages stay
     finally:

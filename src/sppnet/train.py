@@ -16,6 +16,7 @@ import logging
 import math
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,7 +344,48 @@ def train_one_epoch(
     return total_loss / total_seen, total_correct / total_seen, int(total_seen)
 
 
-def _prepare(config: TrainConfig, reporter: Reporter, ctx: DistContext):
+#: Decode into memory-mapped files instead of memory when the decoded images would take more
+#: than this share of the memory available.
+MEMORY_SHARE = 0.75
+
+
+def _store_folder(store_dir: str | None, run: RunFolder, subsets, reporter: Reporter) -> Path | None:
+    """Where to decode: ``store_dir`` if given; else memory (None), unless the decoded images
+    would not fit in the memory available, then the run folder (files mapped, then unlinked)."""
+    if store_dir is not None:
+        return Path(store_dir).expanduser()
+    need = sum(data_mod.estimate_store_bytes(subset, size) for subset, size in subsets)
+    free = data_mod.available_memory()
+    if free is None or need <= MEMORY_SHARE * free:
+        return None
+    reporter.message(
+        f"The decoded images need about {need / 1e9:.1f} GB, more than {MEMORY_SHARE:.0%} of the "
+        f"{free / 1e9:.1f} GB of memory available: decoding them into memory-mapped files in "
+        f"{run.path} instead (removed once mapped; --store-dir picks another folder)"
+    )
+    return run.path
+
+
+def check_store_dir(store_dir: str | None) -> None:
+    """Creates ``store_dir`` if needed and checks that files can be written there.
+
+    Raises:
+        ConfigError: it is not a writable folder.
+    """
+    if store_dir is None:
+        return
+    folder = Path(store_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--store-dir {store_dir}: not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--store-dir {store_dir}: cannot write there ({err.strerror or err})") from None
+
+
+def _prepare(config: TrainConfig, reporter: Reporter, ctx: DistContext, run: RunFolder, store_dir: str | None):
     root = data_mod.locate(config.data)
     dataset = data_mod.scan(root)
     train_set, val_set = data_mod.run_split(dataset, config.val_split, config.data_seed, config.holdout)
@@ -355,9 +397,13 @@ def _prepare(config: TrainConfig, reporter: Reporter, ctx: DistContext):
     policy = policy_from_config(config.policy)
     val_view = eval_policy(policy)
 
+    folder = _store_folder(store_dir, run, [(train_set, policy.store_size), (val_set, val_view.store_size)], reporter)
+
     def decode(subset, view):
         def build():
-            store, kept, failures = data_mod.ImageStore.from_dataset(subset, view.store_size)
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+            store, kept, failures = data_mod.ImageStore.from_dataset(subset, view.store_size, folder=folder)
             return store, len(kept), failures
 
         return build
@@ -392,7 +438,8 @@ def _check_out(run: RunFolder, resume: bool) -> None:
         raise ConfigError(f"--out {run.path} exists and is not an empty folder; choose another --out")
 
 
-def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None = None, backend: str | None = None) -> dict:
+def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None = None, backend: str | None = None,
+          store_dir: str | None = None) -> dict:
     """Trains a model and writes its run folder.
 
     Args:
@@ -402,6 +449,10 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
         resume: continue the run in ``config.out`` from its last finished epoch.
         reporter: receives progress; default logs one line per epoch.
         backend: distributed backend under torchrun (gloo, nccl); default from the device.
+        store_dir: decode the images into memory-mapped files in this folder instead of memory
+            (for datasets larger than memory; each file is unlinked once mapped, so nothing stays
+            on disk). Default: memory, or the run folder when the decoded images would take more
+            than ``MEMORY_SHARE`` of the memory available.
 
     Under ``torchrun`` (see :mod:`sppnet.distributed`) every rank calls this; ``batch_size`` is
     the global batch, and rank 0 alone reports and writes the run folder.
@@ -429,12 +480,13 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
     elif config.epochs is None:
         config.epochs = DEFAULT_EPOCHS
     config.validate()
+    check_store_dir(store_dir)
     if Path(config.data).expanduser().exists():
         # Stored absolute, so evaluate and --resume work from any folder.
         config.data = str(Path(config.data).expanduser().resolve())
     ctx, device = dist_init(resolve_device(config.device), backend)
     try:
-        return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored)
+        return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored, store_dir)
     finally:
         dist_shutdown(ctx)
 
@@ -448,10 +500,12 @@ class _Silent(Reporter):
 
 
 def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistContext, device: torch.device,
-           run: RunFolder, stored: dict | None) -> dict:
+           run: RunFolder, stored: dict | None, store_dir: str | None) -> dict:
     keep_freed_memory()
     ctx.barrier()  # every rank has checked --out before rank 0 writes anything
-    root, class_names, policy, val_view, train_store, val_store, failures = _prepare(config, reporter, ctx)
+    root, class_names, policy, val_view, train_store, val_store, failures = _prepare(
+        config, reporter, ctx, run, store_dir
+    )
     if resume and stored.get("class_names") != class_names:
         raise DataError(f"{root}: classes {class_names} differ from the run's {stored.get('class_names')}")
 
