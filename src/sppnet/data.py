@@ -567,7 +567,7 @@ def available_memory() -> int | None:
 
 
 def estimate_store_bytes(
-    dataset: "Dataset", target_size: Callable[[int, int], tuple[int, int]] | None = None, sample: int = 256
+    dataset: Dataset, target_size: Callable[[int, int], tuple[int, int]] | None = None, sample: int = 256
 ) -> int:
     """About how many bytes the decoded images of ``dataset`` take in an :class:`ImageStore`,
     from the headers of up to ``sample`` files spread over it (unreadable ones left out)."""
