@@ -259,6 +259,22 @@ def test_store_decoded_into_a_folder_equals_the_in_memory_store(tmp_path, vary):
     assert mapped.gather(order)[0].equal(memory.gather(order)[0])
 
 
+def test_images_of_one_stored_size_are_decoded_straight_into_one_array(tmp_path):
+    for k in range(6):
+        write_image(tmp_path / "ds" / "a" / f"{k}.png", size=(20 + 3 * k, 30 - k), seed=k)
+    for name in ("0_first.png", "3_middle.png"):  # unreadable, among the readable ones
+        (tmp_path / "ds" / "a" / name).write_bytes(b"not an image")
+    dataset = scan(tmp_path / "ds")
+    size = lambda w, h: (16, 12)  # noqa: E731 - a fixed policy's target size
+    store, kept, failures = ImageStore.from_dataset(dataset, size, workers=2)
+    loaded = load_images(dataset.paths(), size, workers=1)
+    assert kept.files == [dataset.files[i] for i in loaded.kept] and len(kept) == 6
+    assert [f[0] for f in failures] == [f[0] for f in loaded.failures] and len(failures) == 2
+    assert store.stacked is not None and store.stacked.shape == (6, 12, 16, 3)
+    assert store.stacked.equal(data.torch.from_numpy(np.stack(loaded.images)))
+    assert store.sizes.tolist() == [[12, 16]] * 6 and store.labels.tolist() == kept.labels
+
+
 def test_decoding_into_a_folder_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
     for k in range(4):
         write_image(tmp_path / "ds" / "a" / f"{k}.png", seed=k)

@@ -546,6 +546,15 @@ def _decode_many(paths, target_size, workers: int | None) -> LoadResult:
     return out
 
 
+def _constant_size(target_size) -> tuple[int, int] | None:
+    """The (width, height) that ``target_size`` gives every image, if it ignores the image's
+    own size (fixed, multi-size and size-range policies store all images at one size)."""
+    if target_size is None:
+        return None
+    sizes = {tuple(target_size(w, h)) for w, h in ((1, 1), (4000, 30), (30, 4000), (640, 480))}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def available_memory() -> int | None:
     """Bytes of memory this process can still fill: the kernel's MemAvailable, or less where a
     cgroup (a container's limit) allows less. None where neither can be read (not Linux)."""
@@ -789,9 +798,51 @@ class ImageStore:
         """
         if folder is not None:
             return cls._decode_to_file(dataset, target_size, workers, Path(folder), chunk)
+        if _constant_size(target_size) is not None and len(dataset):
+            return cls._decode_stacked(dataset, target_size, workers)
         result = load_images(dataset.paths(), target_size, workers)
         kept = dataset.subset(result.kept)
         return cls(result.images, kept.labels), kept, result.failures
+
+    @classmethod
+    def _decode_stacked(cls, dataset, target_size, workers):
+        """Every image stored at one size: decoded straight into one (N, H, W, 3) array, so
+        memory never holds the images twice (a list of arrays, then their stacked copy)."""
+        width, height = _constant_size(target_size)
+        paths = dataset.paths()
+        stacked = np.empty((len(paths), height, width, 3), np.uint8)
+
+        def one(i: int) -> DataError | None:
+            try:
+                stacked[i] = np.asarray(decode_image(paths[i], target_size))
+            except DataError as err:
+                return err
+            return None
+
+        workers = workers or os.cpu_count() or 1
+        if workers > 1 and len(paths) > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(one, range(len(paths))))
+        else:
+            results = [one(i) for i in range(len(paths))]
+        kept, failures = [], []
+        for i, err in enumerate(results):
+            if err is None:
+                if i != len(kept):
+                    stacked[len(kept)] = stacked[i]  # close the gaps of unreadable files
+                kept.append(i)
+            else:
+                log.warning("skipping %s", err)
+                failures.append((str(paths[i]), str(err)))
+        if failures:
+            log.warning("skipped %d unreadable image file(s)", len(failures))
+        subset = dataset.subset(kept)
+        store = cls.__new__(cls)
+        store.path = None
+        store.labels = torch.as_tensor(list(subset.labels), dtype=torch.long)
+        store.stacked, store.images = torch.from_numpy(stacked[: len(kept)]), []
+        store.sizes = torch.tensor([[height, width]], dtype=torch.long).expand(len(kept), 2).contiguous()
+        return store, subset, failures
 
     @classmethod
     def _decode_to_file(cls, dataset, target_size, workers, folder: Path, chunk: int):
