@@ -99,6 +99,18 @@ def test_cli_export_checks_and_predicts_through_onnx(tmp_path, capsys):
     assert (onnx_result["width"], onnx_result["height"]) == (torch_result["width"], torch_result["height"])
     for k, p in torch_result["probabilities"].items():
         assert onnx_result["probabilities"][k] == pytest.approx(p, abs=1e-5)
+    # Many images of several shapes: the ONNX model batches equal shapes only (no padding).
+    from sppnet.predict import Predictor
+
+    from conftest import write_image
+
+    paths = [write_image(tmp_path / "many" / f"{k}.png", size=(30 + 10 * (k % 3), 40), seed=k) for k in range(7)]
+    onnx_predictor = Predictor.from_onnx(tmp_path / "m.onnx")
+    torch_predictor = Predictor.from_run(run)
+    for a, b in zip(onnx_predictor.predict_many(paths, batch_size=4), torch_predictor.predict_many(paths)):
+        assert (a.width, a.height) == (b.width, b.height)
+        for k, p in b.probabilities.items():
+            assert a.probabilities[k] == pytest.approx(p, abs=1e-5)
 
 
 def test_bad_export_input(tmp_path, capsys):

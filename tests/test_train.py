@@ -174,6 +174,35 @@ def test_predict_prints_probabilities_and_the_sentence(trained_run, dataset, cap
     assert "amber: 0." in out and "jade: 0." in out
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_predict_many_equals_one_image_at_a_time(trained_run, dataset, tmp_path, flip):
+    from sppnet.data import DataError
+    from sppnet.predict import expand_images
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    paths = expand_images([dataset])  # 30 images of many shapes
+    paths = [*paths[:7], bad, *paths[7:]]
+    predictor = Predictor.from_run(trained_run, flip=flip)
+    # Batches of 4 images of similar shape, zero-padded; 9 files decoded at a time.
+    many = list(predictor.predict_many(paths, batch_size=4, chunk=9))
+    assert len(many) == len(paths)
+    shapes = set()
+    for path, result in zip(paths, many):
+        if path == bad:
+            assert isinstance(result, DataError) and "broken.jpg" in str(result)
+            continue
+        alone = predictor.predict(path)
+        assert (result.source, result.width, result.height) == (alone.source, alone.width, alone.height)
+        assert result.class_name == alone.class_name
+        for name, p in alone.probabilities.items():
+            assert result.probabilities[name] == pytest.approx(p, abs=1e-5)
+        shapes.add((result.height, result.width))
+    assert len(shapes) > 4  # the batches really were padded
+    with pytest.raises(Exception, match="batch_size must be an integer >= 1"):
+        next(predictor.predict_many(paths, batch_size=0))
+
+
 def test_predict_json_and_top_k(trained_run, dataset, capsys):
     assert main(["predict", str(trained_run), str(dataset / "sky"), "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -262,6 +291,7 @@ def run_cli(args, capsys):
         (["train", "{data}", "--out", "{tmp}/x", "--store-dir", "{data}/amber/img_000.jpg"], "img_000.jpg: not a folder"),
         (["predict", "{tmp}/no-run", "{data}/amber/img_000.jpg"], "no-run: no such run folder"),
         (["predict", "{run}", "{data}/amber/img_000.jpg", "--top-k", "0"], "--top-k must be an integer >= 1"),
+        (["predict", "{run}", "{data}/amber", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
         (["evaluate", "{run}", "--size", "4"], "size must be an integer >= 8"),
         (["evaluate", "{run}", "{tmp}/other"], "classes ['x', 'y'] differ from the run's"),
     ],

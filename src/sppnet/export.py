@@ -242,6 +242,8 @@ class OnnxModel(nn.Module):
         except (KeyError, ValueError):
             raise ExportError(f"{path}: not an ONNX model exported by sppnet (metadata missing)") from None
 
+    one_size_per_batch = True  # no padded batches: Predictor.predict_many batches equal shapes only
+
     def forward(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
         if sizes is not None:
             raise ExportError("the ONNX model takes one image size per batch (no padded batches)")

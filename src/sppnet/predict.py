@@ -13,16 +13,17 @@ only one a ``flatten`` model accepts, at its own size).
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .data import decode_image
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluate import mirror
 from .runs import RunFolder
 from .sizing import Native
@@ -138,13 +139,63 @@ class Predictor:
         return array.permute(2, 0, 1).unsqueeze(0).float().contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, classes) of prepared images."""
+    def probabilities(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """Class probabilities (N, classes) of prepared images; ``sizes`` (N, 2): the valid
+        (height, width) of each image of a zero-padded batch."""
         x = x.to(self.device)
-        probs = torch.softmax(self.model(x).float(), dim=1)
+        args = () if sizes is None else (sizes.to(self.device),)
+        probs = torch.softmax(self.model(x, *args).float(), dim=1)
         if self.flip:
-            probs = 0.5 * (probs + torch.softmax(self.model(mirror(x)).float(), dim=1))
+            probs = 0.5 * (probs + torch.softmax(self.model(mirror(x, sizes), *args).float(), dim=1))
         return probs.cpu()
+
+    def _prediction(self, source: str, probs: torch.Tensor, height: int, width: int) -> Prediction:
+        best = int(probs.argmax())
+        return Prediction(
+            source=source,
+            class_name=self.class_names[best],
+            confidence=float(probs[best]),
+            probabilities={name: float(p) for name, p in zip(self.class_names, probs)},
+            width=int(width),
+            height=int(height),
+        )
+
+    def predict_many(self, images: Iterable[str | os.PathLike], batch_size: int = 32, workers: int | None = None,
+                     chunk: int = 256) -> Iterator[Prediction | DataError]:
+        """Classifies many image files; yields, in their order, a :class:`Prediction` each, or the
+        :class:`DataError` naming a file that cannot be read.
+
+        Files are decoded ``chunk`` at a time in parallel threads (so memory holds one chunk);
+        within a chunk, images of similar shape run together in batches of up to ``batch_size``,
+        zero-padded to the largest with each image's valid size, which gives each image the
+        probabilities it gets alone (the model's padded-batch contract). An ONNX model takes one
+        size per batch, so there only images of the same shape share a batch.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        paths = list(images)
+        padded_ok = not getattr(self.model, "one_size_per_batch", False)
+
+        def decode(path) -> np.ndarray | DataError:
+            try:
+                return np.array(decode_image(path, self._target))  # writable, for torch.from_numpy
+            except DataError as err:
+                return err
+
+        workers = workers or os.cpu_count() or 1
+        with ThreadPoolExecutor(workers) as pool:  # (decoding the next chunk during inference: slower on 2 cores)
+            for start in range(0, len(paths), chunk):
+                part = paths[start : start + chunk]
+                decoded = list(pool.map(decode, part))
+                probs: dict[int, torch.Tensor] = {}
+                ok = [i for i, d in enumerate(decoded) if not isinstance(d, DataError)]
+                ok.sort(key=lambda i: (decoded[i].shape[0] / decoded[i].shape[1], decoded[i].shape[0]))
+                for batch in _shape_batches(ok, [decoded[i].shape[:2] for i in ok], batch_size, padded_ok):
+                    x, sizes = _pad([decoded[i] for i in batch])
+                    for i, p in zip(batch, self.probabilities(x, sizes)):
+                        probs[i] = p
+                for i, (path, d) in enumerate(zip(part, decoded)):
+                    yield d if isinstance(d, DataError) else self._prediction(str(path), probs[i], *d.shape[:2])
 
     def predict(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> Prediction:
         """Classifies one image: a path, the encoded bytes of an image file, a PIL image or an RGB
@@ -154,17 +205,34 @@ class Predictor:
             DataError: naming the file, when it cannot be read or decoded.
         """
         x = self.prepare(image, name)
-        probs = self.probabilities(x)[0]
-        best = int(probs.argmax())
         source = name or (str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
-        return Prediction(
-            source=source,
-            class_name=self.class_names[best],
-            confidence=float(probs[best]),
-            probabilities={name: float(p) for name, p in zip(self.class_names, probs)},
-            width=int(x.shape[-1]),
-            height=int(x.shape[-2]),
-        )
+        return self._prediction(source, self.probabilities(x)[0], x.shape[-2], x.shape[-1])
+
+
+def _shape_batches(order: list[int], shapes: list[tuple[int, int]], batch_size: int, padded: bool) -> list[list[int]]:
+    """Splits ``order`` (sorted by shape) into batches of up to ``batch_size``; without
+    ``padded``, also wherever the shape changes."""
+    batches: list[list[int]] = []
+    current = None  # the shape of the last batch's first image
+    for i, shape in zip(order, shapes):
+        if batches and len(batches[-1]) < batch_size and (padded or shape == current):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+            current = shape
+    return batches
+
+
+def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 (H, W, 3) arrays -> float (N, 3, H, W) channels-last, zero-padded to the largest,
+    and their valid (height, width), or None when all share one shape."""
+    sizes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long)
+    height, width = (int(v) for v in sizes.max(0).values)
+    out = torch.zeros(len(arrays), height, width, 3, dtype=torch.uint8)
+    for k, a in enumerate(arrays):
+        out[k, : a.shape[0], : a.shape[1]] = torch.from_numpy(np.ascontiguousarray(a))
+    uniform = bool((sizes == sizes[0]).all())
+    return out.permute(0, 3, 1, 2).float(), None if uniform else sizes
 
 
 def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
