@@ -265,7 +265,10 @@ def test_images_of_one_stored_size_are_decoded_straight_into_one_array(tmp_path)
     for name in ("0_first.png", "3_middle.png"):  # unreadable, among the readable ones
         (tmp_path / "ds" / "a" / name).write_bytes(b"not an image")
     dataset = scan(tmp_path / "ds")
-    size = lambda w, h: (16, 12)  # noqa: E731 - a fixed policy's target size
+
+    def size(w, h):  # a fixed policy's target size
+        return 16, 12
+
     store, kept, failures = ImageStore.from_dataset(dataset, size, workers=2)
     loaded = load_images(dataset.paths(), size, workers=1)
     assert kept.files == [dataset.files[i] for i in loaded.kept] and len(kept) == 6
