@@ -252,6 +252,19 @@ def test_evaluate_views(trained_run, capsys):
     assert native["view"] == "native 32"
 
 
+def test_evaluate_decodes_into_the_run_folder_when_memory_is_short(trained_run, monkeypatch, capsys, caplog):
+    from sppnet import data
+
+    args = ["evaluate", str(trained_run), "--json", "--native", "32"]
+    assert main(args) == 0
+    in_memory = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr(data, "available_memory", lambda: 1000)
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == in_memory
+    assert f"decoding them into memory-mapped files in {trained_run}" in caplog.text
+    assert not [p.name for p in trained_run.iterdir() if p.name.startswith(".sppnet-decoded-")]
+
+
 def test_metrics_on_a_hand_made_example():
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
     labels = torch.tensor([0, 1, 1, 1])

@@ -56,6 +56,7 @@ __all__ = [
     "load_images",
     "available_memory",
     "estimate_store_bytes",
+    "store_folder",
     "ImageStore",
 ]
 
@@ -573,6 +574,38 @@ def available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     return min(found) if found else None
+
+
+#: Decode into memory-mapped files instead of memory when the decoded images would take more
+#: than this share of the memory available.
+MEMORY_SHARE = 0.75
+
+
+def store_folder(
+    subsets: Sequence[tuple["Dataset", Callable[[int, int], tuple[int, int]] | None]],
+    fallback: str | os.PathLike,
+    store_dir: str | os.PathLike | None = None,
+) -> tuple[Path | None, str | None]:
+    """Where to decode ``subsets`` ((dataset, target size) pairs) with
+    :meth:`ImageStore.from_dataset`: ``store_dir`` if given; else memory (None), unless their
+    decoded images would take more than :data:`MEMORY_SHARE` of :func:`available_memory`, then
+    ``fallback``.
+
+    Returns:
+        The folder (None: memory) and, when it falls back, a sentence that says why.
+    """
+    if store_dir is not None:
+        return Path(store_dir).expanduser(), None
+    need = sum(estimate_store_bytes(subset, size) for subset, size in subsets)
+    free = available_memory()
+    if free is None or need <= MEMORY_SHARE * free:
+        return None, None
+    why = (
+        f"The decoded images need about {need / 1e9:.1f} GB, more than {MEMORY_SHARE:.0%} of the "
+        f"{free / 1e9:.1f} GB of memory available: decoding them into memory-mapped files in "
+        f"{fallback} instead (removed once mapped)"
+    )
+    return Path(fallback), why
 
 
 def estimate_store_bytes(

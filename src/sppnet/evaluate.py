@@ -12,6 +12,7 @@ Views for testing a trained run (``sppnet evaluate``):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .sizing import Batch
+
+log = logging.getLogger(__name__)
 
 __all__ = ["predict_batches", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch"]
 
@@ -263,7 +266,12 @@ def evaluate_run(
         flip = bool(config["train"].get("flip_test", False))
     total = None
     for view in views:
-        store, kept, failures = data_mod.ImageStore.from_dataset(val, view.store_size)
+        store = None  # the previous view's images go before the next view's are decoded
+        folder, why = data_mod.store_folder([(val, view.store_size)], run.path)
+        if why:
+            log.warning("%s", why)
+        store, kept, failures = data_mod.ImageStore.from_dataset(val, view.store_size, folder=folder)
+        store.unlink()
         probs, labels, indices = predict_batches(model, view.batches(store, batch_size, shuffle=False), device_t, flip)
         order = torch.argsort(indices)  # native batches are shape-sorted: restore dataset order
         probs, labels = probs[order], labels[order]

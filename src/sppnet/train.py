@@ -344,28 +344,6 @@ def train_one_epoch(
     return total_loss / total_seen, total_correct / total_seen, int(total_seen)
 
 
-#: Decode into memory-mapped files instead of memory when the decoded images would take more
-#: than this share of the memory available.
-MEMORY_SHARE = 0.75
-
-
-def _store_folder(store_dir: str | None, run: RunFolder, subsets, reporter: Reporter) -> Path | None:
-    """Where to decode: ``store_dir`` if given; else memory (None), unless the decoded images
-    would not fit in the memory available, then the run folder (files mapped, then unlinked)."""
-    if store_dir is not None:
-        return Path(store_dir).expanduser()
-    need = sum(data_mod.estimate_store_bytes(subset, size) for subset, size in subsets)
-    free = data_mod.available_memory()
-    if free is None or need <= MEMORY_SHARE * free:
-        return None
-    reporter.message(
-        f"The decoded images need about {need / 1e9:.1f} GB, more than {MEMORY_SHARE:.0%} of the "
-        f"{free / 1e9:.1f} GB of memory available: decoding them into memory-mapped files in "
-        f"{run.path} instead (removed once mapped; --store-dir picks another folder)"
-    )
-    return run.path
-
-
 def check_store_dir(store_dir: str | None) -> None:
     """Creates ``store_dir`` if needed and checks that files can be written there.
 
@@ -397,7 +375,10 @@ def _prepare(config: TrainConfig, reporter: Reporter, ctx: DistContext, run: Run
     policy = policy_from_config(config.policy)
     val_view = eval_policy(policy)
 
-    folder = _store_folder(store_dir, run, [(train_set, policy.store_size), (val_set, val_view.store_size)], reporter)
+    subsets = [(train_set, policy.store_size), (val_set, val_view.store_size)]
+    folder, why = data_mod.store_folder(subsets, run.path, store_dir)
+    if why:
+        reporter.message(f"{why}; --store-dir picks another folder")
 
     def decode(subset, view):
         def build():
@@ -452,7 +433,7 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
         store_dir: decode the images into memory-mapped files in this folder instead of memory
             (for datasets larger than memory; each file is unlinked once mapped, so nothing stays
             on disk). Default: memory, or the run folder when the decoded images would take more
-            than ``MEMORY_SHARE`` of the memory available.
+            than ``data.MEMORY_SHARE`` of the memory available.
 
     Under ``torchrun`` (see :mod:`sppnet.distributed`) every rank calls this; ``batch_size`` is
     the global batch, and rank 0 alone reports and writes the run folder.
