@@ -306,6 +306,26 @@ def test_store_size_estimate_and_available_memory(tmp_path):
     assert free is None or free > 0
 
 
+@pytest.mark.parametrize("cgroup,expected", [
+    ({}, 2_048_000),  # no cgroup: the kernel's MemAvailable
+    ({"memory.max": "max\n", "memory.current": "5\n"}, 2_048_000),  # v2, no limit
+    ({"memory.max": "1500000\n", "memory.current": "500000\n"}, 1_000_000),  # v2: a container's limit
+    ({"memory/memory.limit_in_bytes": "900000\n", "memory/memory.usage_in_bytes": "100000\n"}, 800_000),  # v1
+    ({"memory.max": "1000\n", "memory.current": "5000\n"}, 0),  # over its limit already
+])
+def test_available_memory_is_the_smaller_of_the_kernel_and_a_cgroup_limit(monkeypatch, cgroup, expected):
+    texts = {"/proc/meminfo": "MemTotal:  9000 kB\nMemAvailable:    2000 kB\n"}
+    texts.update({f"/sys/fs/cgroup/{name}": text for name, text in cgroup.items()})
+
+    def read_text(path, *args, **kwargs):
+        if str(path) in texts:
+            return texts[str(path)]
+        raise FileNotFoundError(str(path))
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    assert data.available_memory() == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Locating, extracting, downloading
 

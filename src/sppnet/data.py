@@ -566,13 +566,15 @@ def available_memory() -> int | None:
                 found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            found.append(max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
+    cgroups = (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"))
+    for limit_file, usage_file in cgroups:  # cgroup v2, v1 (v1 says "no limit" with a huge number)
+        try:
+            limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
+            if limit != "max":
+                used = int(Path("/sys/fs/cgroup", usage_file).read_text())
+                found.append(max(0, int(limit) - used))
+        except (OSError, ValueError):
+            pass
     return min(found) if found else None
 
 
