@@ -1,6 +1,7 @@
 """The main job end to end on tiny generated datasets: train, resume, evaluate, predict."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -92,6 +93,20 @@ def test_images_that_would_not_fit_in_memory_are_decoded_into_the_run_folder(tra
     assert "more than 75% of the 0.0 GB of memory available: decoding them into memory-mapped files in" in capsys.readouterr().out
     assert history_without_seconds(out) == history_without_seconds(trained_run)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".sppnet-decoded-")]
+
+
+def test_training_bounds_onednn_primitive_cache_unless_the_user_set_it(dataset, tmp_path, monkeypatch):
+    from sppnet._perf import PRIMITIVE_CACHE_CAPACITY, bound_primitive_cache
+
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["train", str(dataset), "--out", str(tmp_path / "run"), "--epochs", "1", *FAST, "--limit", "8"]) == 0
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(PRIMITIVE_CACHE_CAPACITY)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "300")
+    assert not bound_primitive_cache() and os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "300"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "5")  # oneDNN's older name
+    assert not bound_primitive_cache() and "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(dataset, tmp_path):

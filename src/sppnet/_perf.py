@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -42,3 +43,26 @@ def keep_freed_memory() -> bool:
     _tuned = ok
     log.debug("glibc malloc tuned to keep freed memory: %s", ok)
     return ok
+
+
+#: Compiled oneDNN primitives kept for reuse (oneDNN's default: 1,024).
+PRIMITIVE_CACHE_CAPACITY = 16
+
+
+def bound_primitive_cache(capacity: int = PRIMITIVE_CACHE_CAPACITY) -> bool:
+    """Caps oneDNN's cache of compiled primitives (one per layer, pass and input shape).
+
+    With padded batches of many shapes (native sizing) the default cache of 1,024 primitives
+    grew a training process by about 0.8 GB over three epochs of the flowers (peak RSS 3.19 GB
+    against 2.54 with 16 entries; at 64 entries still 3.14), at no measurable speed difference
+    for either native or fixed-size training, whose step needs fewer primitives than that.
+    oneDNN reads the setting (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) when it first builds one, so
+    this must run before the first convolution; a value already in the environment wins.
+
+    Returns:
+        True if this call set it.
+    """
+    if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ or "DNNL_PRIMITIVE_CACHE_CAPACITY" in os.environ:
+        return False
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(int(capacity))
+    return True

@@ -257,11 +257,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ._perf import keep_freed_memory
+    from ._perf import bound_primitive_cache, keep_freed_memory
     from .evaluate import evaluate_run
     from .report import plot_confusion
 
     keep_freed_memory()  # batches of large activations: reuse freed memory instead of fresh pages
+    bound_primitive_cache()  # padded batches of many shapes: a bounded cache of compiled kernels
     evaluation = evaluate_run(args.run_dir, args.data, args.size, args.native, args.scales, args.weights,
                               args.batch_size, args.device, args.limit, args.flip)
     png = Path(args.confusion_png) if args.confusion_png else Path(args.run_dir) / "confusion.png"
@@ -324,7 +325,7 @@ def _load_predictor(args: argparse.Namespace):
 def _run_predict(args: argparse.Namespace) -> int:
     import json
 
-    from ._perf import keep_freed_memory
+    from ._perf import bound_primitive_cache, keep_freed_memory
     from .errors import ConfigError, SppnetError
     from .predict import expand_images
 
@@ -343,6 +344,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise ConfigError(f"no image files in {' '.join(map(str, images))}")
     keep_freed_memory()  # batches of large activations: reuse freed memory instead of fresh pages
+    bound_primitive_cache()  # padded batches of many shapes: a bounded cache of compiled kernels
     failed = 0
     for path, result in zip(paths, predictor.predict_many(paths, batch_size=args.batch_size)):
         if isinstance(result, SppnetError):

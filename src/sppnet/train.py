@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from ._perf import keep_freed_memory
+from ._perf import bound_primitive_cache, keep_freed_memory
 from ._version import __version__
 from .augment import Augment, AugmentParams
 from .distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
@@ -483,6 +483,7 @@ class _Silent(Reporter):
 def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistContext, device: torch.device,
            run: RunFolder, stored: dict | None, store_dir: str | None) -> dict:
     keep_freed_memory()
+    bound_primitive_cache()
     ctx.barrier()  # every rank has checked --out before rank 0 writes anything
     root, class_names, policy, val_view, train_store, val_store, failures = _prepare(
         config, reporter, ctx, run, store_dir
