@@ -393,6 +393,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     import math
 
+    from ._perf import bound_primitive_cache
     from .errors import ConfigError
     from .serve import _require_serve_deps, serve
 
@@ -403,6 +404,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise ConfigError("give either a run folder or --onnx FILE, not both")
     if not args.onnx and not args.run_dir:
         raise ConfigError("give a run folder to serve (or --onnx FILE): sppnet serve RUN")
+    bound_primitive_cache()  # uploads of every size: a bounded cache of compiled kernels
     predictor = _load_predictor(args)
     if args.onnx:
         info = {"model": "onnx", "source": str(args.onnx)}
