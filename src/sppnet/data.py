@@ -521,25 +521,33 @@ def load_images(
     return out
 
 
-def _decode_many(paths, target_size, workers: int | None) -> LoadResult:
-    """:func:`load_images` without the closing count (a warning per unreadable file)."""
+def _decode_many(paths, target_size, workers: int | None, into: np.ndarray | None = None,
+                 warn: bool = True) -> LoadResult:
+    """:func:`load_images` without the closing count (with ``warn``, a warning per unreadable
+    file). With ``into``, an (N, H, W, 3) array of the one size ``target_size`` gives every
+    image, each image is decoded straight into its row, and ``images`` holds those rows."""
 
-    def one(path) -> np.ndarray | DataError:
+    def one(i: int) -> np.ndarray | DataError:
         try:
-            return np.array(decode_image(path, target_size))  # writable, for torch.from_numpy
+            image = decode_image(paths[i], target_size)
         except DataError as err:
             return err
+        if into is None:
+            return np.array(image)  # writable, for torch.from_numpy
+        into[i] = np.asarray(image)
+        return into[i]
 
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(paths) > 1:
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(one, paths))
+            results = list(pool.map(one, range(len(paths))))
     else:
-        results = [one(p) for p in paths]
+        results = [one(i) for i in range(len(paths))]
     out = LoadResult([], [], [])
     for i, (path, result) in enumerate(zip(paths, results)):
         if isinstance(result, DataError):
-            log.warning("skipping %s", result)
+            if warn:
+                log.warning("skipping %s", result)
             out.failures.append((str(path), str(result)))
         else:
             out.images.append(result)
@@ -712,20 +720,22 @@ class ImageStore:
     and the fast layout for convolutions on CPU; batches are returned as N x 3 x H x W views.
 
     Args:
-        images: uint8 arrays (H, W, 3).
+        images: uint8 arrays (H, W, 3), or one (N, H, W, 3) array of them (used as it is).
         labels: class index of each image.
     """
 
-    def __init__(self, images: Sequence[np.ndarray], labels: Sequence[int]) -> None:
+    def __init__(self, images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[int]) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.path: Path | None = None  # the file the images are mapped from (see attach)
-        shapes = {a.shape for a in images}
         self.stacked: torch.Tensor | None = None
         self.images: list[torch.Tensor] = []
-        if len(shapes) == 1:
+        if isinstance(images, np.ndarray) and images.ndim == 4:  # already stacked: kept, not copied
+            self.stacked = torch.from_numpy(images)
+        elif len({a.shape for a in images}) == 1:
             self.stacked = torch.from_numpy(np.stack(images))  # (N, H, W, 3)
+        if self.stacked is not None:
             n, h, w, _ = self.stacked.shape
             self.sizes = torch.tensor([[h, w]], dtype=torch.long).expand(n, 2).contiguous()
         else:
@@ -846,38 +856,14 @@ class ImageStore:
         width, height = _constant_size(target_size)
         paths = dataset.paths()
         stacked = np.empty((len(paths), height, width, 3), np.uint8)
-
-        def one(i: int) -> DataError | None:
-            try:
-                stacked[i] = np.asarray(decode_image(paths[i], target_size))
-            except DataError as err:
-                return err
-            return None
-
-        workers = workers or os.cpu_count() or 1
-        if workers > 1 and len(paths) > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(one, range(len(paths))))
-        else:
-            results = [one(i) for i in range(len(paths))]
-        kept, failures = [], []
-        for i, err in enumerate(results):
-            if err is None:
-                if i != len(kept):
-                    stacked[len(kept)] = stacked[i]  # close the gaps of unreadable files
-                kept.append(i)
-            else:
-                log.warning("skipping %s", err)
-                failures.append((str(paths[i]), str(err)))
-        if failures:
-            log.warning("skipped %d unreadable image file(s)", len(failures))
-        subset = dataset.subset(kept)
-        store = cls.__new__(cls)
-        store.path = None
-        store.labels = torch.as_tensor(list(subset.labels), dtype=torch.long)
-        store.stacked, store.images = torch.from_numpy(stacked[: len(kept)]), []
-        store.sizes = torch.tensor([[height, width]], dtype=torch.long).expand(len(kept), 2).contiguous()
-        return store, subset, failures
+        result = _decode_many(paths, target_size, workers, into=stacked)
+        for row, i in enumerate(result.kept):
+            if i != row:
+                stacked[row] = stacked[i]  # close the gaps of unreadable files
+        if result.failures:
+            log.warning("skipped %d unreadable image file(s)", len(result.failures))
+        subset = dataset.subset(result.kept)
+        return cls(stacked[: len(result.kept)], subset.labels), subset, result.failures
 
     @classmethod
     def _decode_to_file(cls, dataset, target_size, workers, folder: Path, chunk: int):
@@ -892,7 +878,7 @@ class ImageStore:
                 for start in range(0, len(paths), chunk):
                     result = _decode_many(paths[start : start + chunk], target_size, workers)
                     for i, image in zip(result.kept, result.images):
-                        f.write(np.ascontiguousarray(image).tobytes())
+                        f.write(image.tobytes())
                         sizes.append(list(image.shape[:2]))
                         kept.append(start + i)
                     failures += result.failures
