@@ -88,6 +88,15 @@ def test_native_groups_similar_shapes():
     assert train < 0.05
 
 
+@pytest.mark.parametrize("policy", [Fixed(16), Multi((16, 24)), Range(16, 24), Native(16)])
+def test_an_empty_store_makes_no_batches(policy):
+    empty = ImageStore([], [])
+    for shuffle in (True, False):
+        assert policy.index_batches(empty, 4, shuffle=shuffle) == []
+        assert list(policy.batches(empty, 4, shuffle=shuffle)) == []
+    assert policy.num_batches(empty, 4) == 0
+
+
 def test_parse_policy_and_config_round_trip():
     assert parse_policy().describe() == "fixed 180"
     for policy in [parse_policy(size=224), parse_policy(sizes="180,224"), parse_policy(size_range="180:224"), parse_policy(native=160)]:

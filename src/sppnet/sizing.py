@@ -88,7 +88,9 @@ class SizePolicy:
 
     def index_batches(self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0,
                       shuffle: bool = True) -> list[torch.Tensor]:
-        """The store indices of each (global) batch of one epoch, in order."""
+        """The store indices of each (global) batch of one epoch, in order (none for an empty store)."""
+        if len(store) == 0:
+            return []
         if not shuffle:
             order = torch.arange(len(store))
         else:
@@ -243,6 +245,8 @@ class Native(SizePolicy):
     def index_batches(self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0,
                       shuffle: bool = True) -> list[torch.Tensor]:
         """Indices of each batch: images of similar shape together."""
+        if len(store) == 0:
+            return []
         sizes = store.sizes.double()
         # Sort key: aspect ratio first, then height, so neighbours share both dimensions.
         key = (sizes[:, 0] / sizes[:, 1]) * 1e6 + sizes[:, 0]
