@@ -216,6 +216,10 @@ def test_predict_many_equals_one_image_at_a_time(trained_run, dataset, tmp_path,
     assert len(shapes) > 4  # the batches really were padded
     with pytest.raises(Exception, match="batch_size must be an integer >= 1"):
         next(predictor.predict_many(paths, batch_size=0))
+    # A chunk with no readable file at all.
+    only_bad = list(predictor.predict_many([bad, tmp_path / "missing.png", paths[0]], chunk=2))
+    assert [type(r).__name__ for r in only_bad] == ["DataError", "DataError", "Prediction"]
+    assert "missing.png: no such file" in str(only_bad[1])
 
 
 def test_predict_json_and_top_k(trained_run, dataset, capsys):

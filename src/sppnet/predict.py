@@ -13,7 +13,6 @@ only one a ``flatten`` model accepts, at its own size).
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import decode_image
+from .data import ImageStore, _decode_many, decode_image
 from .errors import ConfigError, DataError
 from .evaluate import mirror
 from .runs import RunFolder
@@ -175,27 +174,30 @@ class Predictor:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         paths = list(images)
         padded_ok = not getattr(self.model, "one_size_per_batch", False)
-
-        def decode(path) -> np.ndarray | DataError:
-            try:
-                return np.array(decode_image(path, self._target))  # writable, for torch.from_numpy
-            except DataError as err:
-                return err
-
-        workers = workers or os.cpu_count() or 1
-        with ThreadPoolExecutor(workers) as pool:  # (decoding the next chunk during inference: slower on 2 cores)
-            for start in range(0, len(paths), chunk):
-                part = paths[start : start + chunk]
-                decoded = list(pool.map(decode, part))
-                probs: dict[int, torch.Tensor] = {}
-                ok = [i for i, d in enumerate(decoded) if not isinstance(d, DataError)]
-                ok.sort(key=lambda i: (decoded[i].shape[0] / decoded[i].shape[1], decoded[i].shape[0]))
-                for batch in _shape_batches(ok, [decoded[i].shape[:2] for i in ok], batch_size, padded_ok):
-                    x, sizes = _pad([decoded[i] for i in batch])
-                    for i, p in zip(batch, self.probabilities(x, sizes)):
+        for start in range(0, len(paths), chunk):
+            part = paths[start : start + chunk]
+            # (Decoding the next chunk during inference was slower on 2 cores.)
+            loaded = _decode_many(part, self._target, workers, warn=False)
+            store = ImageStore(loaded.images, [0] * len(loaded.images))
+            probs = [None] * len(store)
+            for indices in self._native.index_batches(store, batch_size, shuffle=False):  # by shape
+                groups = [indices]
+                if not padded_ok:  # equal shapes are neighbours in this order
+                    counts = torch.unique_consecutive(store.sizes[indices], dim=0, return_counts=True)[1]
+                    groups = indices.split(counts.tolist())
+                for group in groups:
+                    x, sizes = store.gather(group)
+                    uniform = bool((sizes == sizes[0]).all())
+                    for i, p in zip(group.tolist(), self.probabilities(x.float(), None if uniform else sizes)):
                         probs[i] = p
-                for i, (path, d) in enumerate(zip(part, decoded)):
-                    yield d if isinstance(d, DataError) else self._prediction(str(path), probs[i], *d.shape[:2])
+            results = {i: k for k, i in enumerate(loaded.kept)}
+            failures = iter(loaded.failures)
+            for i, path in enumerate(part):
+                if i in results:
+                    k = results[i]
+                    yield self._prediction(str(path), probs[k], *store.sizes[k].tolist())
+                else:
+                    yield DataError(next(failures)[1])
 
     def predict(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> Prediction:
         """Classifies one image: a path, the encoded bytes of an image file, a PIL image or an RGB
@@ -207,32 +209,6 @@ class Predictor:
         x = self.prepare(image, name)
         source = name or (str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
         return self._prediction(source, self.probabilities(x)[0], x.shape[-2], x.shape[-1])
-
-
-def _shape_batches(order: list[int], shapes: list[tuple[int, int]], batch_size: int, padded: bool) -> list[list[int]]:
-    """Splits ``order`` (sorted by shape) into batches of up to ``batch_size``; without
-    ``padded``, also wherever the shape changes."""
-    batches: list[list[int]] = []
-    current = None  # the shape of the last batch's first image
-    for i, shape in zip(order, shapes):
-        if batches and len(batches[-1]) < batch_size and (padded or shape == current):
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-            current = shape
-    return batches
-
-
-def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 (H, W, 3) arrays -> float (N, 3, H, W) channels-last, zero-padded to the largest,
-    and their valid (height, width), or None when all share one shape."""
-    sizes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long)
-    height, width = (int(v) for v in sizes.max(0).values)
-    out = torch.zeros(len(arrays), height, width, 3, dtype=torch.uint8)
-    for k, a in enumerate(arrays):
-        out[k, : a.shape[0], : a.shape[1]] = torch.from_numpy(np.ascontiguousarray(a))
-    uniform = bool((sizes == sizes[0]).all())
-    return out.permute(0, 3, 1, 2).float(), None if uniform else sizes
 
 
 def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
