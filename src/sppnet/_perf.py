@@ -53,8 +53,8 @@ def bound_primitive_cache(capacity: int = PRIMITIVE_CACHE_CAPACITY) -> bool:
     """Caps oneDNN's cache of compiled primitives (one per layer, pass and input shape).
 
     With padded batches of many shapes (native sizing) the default cache of 1,024 primitives
-    grew a training process by about 0.8 GB over three epochs of the flowers (peak RSS 3.19 GB
-    against 2.54 with 16 entries; at 64 entries still 3.14), at no measurable speed difference
+    grew a training process by about 0.6 GB over three epochs of the flowers (peak RSS 3.11 GB
+    against 2.48 with 16 entries; at 64 entries still 3.06), at no measurable speed difference
     for either native or fixed-size training (a fixed-size step and a validation batch of another
     size use 15 primitives together).
     oneDNN reads the setting (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) when it first builds one, so
