@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from rejected import CL, LAYERS, conv_backward, median_ms  # the sibling script's timing helpers
 
-from sppnet._perf import keep_freed_memory
+from sppnet.runtime import keep_freed_memory
 
 
 def main() -> None:

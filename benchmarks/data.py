@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sppnet._perf import keep_freed_memory
+from sppnet.runtime import keep_freed_memory
 from sppnet.augment import Augment
 from sppnet.data import ImageStore, locate, scan, split
 from sppnet.models import build_model

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sppnet._perf import keep_freed_memory
+from sppnet.runtime import keep_freed_memory
 from sppnet.export import export_onnx, export_torchscript
 from sppnet.models import build_model
 

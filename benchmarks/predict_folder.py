@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from sppnet import data
-from sppnet._perf import keep_freed_memory
+from sppnet.runtime import keep_freed_memory
 from sppnet.models import build_model
 from sppnet.predict import Predictor
 

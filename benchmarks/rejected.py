@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sppnet._perf import keep_freed_memory
+from sppnet.runtime import keep_freed_memory
 from sppnet import models
 from sppnet.models import build_model, max_pool_2x2
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from rejected import CL, dense_last_conv, median_ms  # the sibling script's helpers
 
 from sppnet import data
-from sppnet._perf import keep_freed_memory
+from sppnet.runtime import keep_freed_memory
 from sppnet.augment import Augment
 from sppnet.models import _Conv3x3SparseGrad, build_model
 from sppnet.runs import RunFolder

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sppnet._perf import keep_freed_memory
+from sppnet.runtime import keep_freed_memory
 from sppnet.augment import Augment
 from sppnet.data import ImageStore
 from sppnet.errors import ConfigError

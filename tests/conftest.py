@@ -58,7 +58,8 @@ def tiny_dataset(tmp_path) -> Path:
 def flowers_root(tmp_path_factory) -> Path:
     """The real flower photos, extracted once per test session into a temporary cache."""
     if not FLOWERS_ARCHIVE.is_file():
-        pytest.fail(f"the flower archive is missing: expected it at {FLOWERS_ARCHIVE}")
+        pytest.skip(f"needs the flower photos: put flower_photos.tgz at {FLOWERS_ARCHIVE} (the project's shared "
+                    "datasets folder; DESIGN.md gives the official archive's address and sha256)")
     from sppnet.data import locate
 
     return locate(FLOWERS_ARCHIVE, cache=tmp_path_factory.mktemp("cache"))

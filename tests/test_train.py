@@ -87,7 +87,7 @@ def test_images_that_would_not_fit_in_memory_are_decoded_into_the_run_folder(tra
                                                                               monkeypatch, capsys):
     from sppnet import data
 
-    monkeypatch.setattr(data, "available_memory", lambda: 1000)  # bytes: nothing fits
+    monkeypatch.setattr(data.store, "available_memory", lambda: 1000)  # bytes: nothing fits
     out = tmp_path / "auto"
     assert main(["train", str(dataset), "--out", str(out), "--epochs", "2", *FAST]) == 0
     assert "more than 75% of the 0.0 GB of memory available: decoding them into memory-mapped files in" in capsys.readouterr().out
@@ -96,7 +96,7 @@ def test_images_that_would_not_fit_in_memory_are_decoded_into_the_run_folder(tra
 
 
 def test_training_bounds_onednn_primitive_cache_unless_the_user_set_it(dataset, tmp_path, monkeypatch):
-    from sppnet._perf import PRIMITIVE_CACHE_CAPACITY, bound_primitive_cache
+    from sppnet.runtime import PRIMITIVE_CACHE_CAPACITY, bound_primitive_cache
 
     for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"):
         monkeypatch.delenv(name, raising=False)
@@ -277,7 +277,7 @@ def test_evaluate_decodes_into_the_run_folder_when_memory_is_short(trained_run, 
     args = ["evaluate", str(trained_run), "--json", "--native", "32"]
     assert main(args) == 0
     in_memory = json.loads(capsys.readouterr().out)
-    monkeypatch.setattr(data, "available_memory", lambda: 1000)
+    monkeypatch.setattr(data.store, "available_memory", lambda: 1000)
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out) == in_memory
     assert f"decoding them into memory-mapped files in {trained_run}" in caplog.text

@@ -15,3 +15,7 @@ class ConfigError(SppnetError, ValueError):
 
 class DataError(SppnetError):
     """A dataset, archive or image file cannot be used."""
+
+
+class ExportError(SppnetError):
+    """An export failed, its check found a difference, or an exported file cannot be used."""

@@ -13,18 +13,28 @@ Views for testing a trained run (``sppnet evaluate``):
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sizing import Batch
+from . import data as data_mod
+from . import runtime
+from .errors import ConfigError, DataError
+from .report import plot_confusion
+from .runs import RunFolder
+from .sizing import Batch, Fixed, Native
 
 log = logging.getLogger(__name__)
 
-__all__ = ["predict_batches", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch"]
+__all__ = [
+    "predict_batches", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch",
+    "evaluate_run",
+]
 
 
 def to_device_batch(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -203,6 +213,7 @@ def evaluate_run(
     device: str = "auto",
     limit: int | None = None,
     flip: bool | None = None,
+    confusion_png: str | os.PathLike | None = None,
 ) -> Evaluation:
     """Evaluates a run on a validation split under one view.
 
@@ -215,29 +226,27 @@ def evaluate_run(
         scales: average the softmax over these fixed sizes. At most one of size/native/scales;
             default: the run's own validation view.
         weights: ``best`` or ``last``.
+        batch_size: images per batch (default 32).
+        device: ``auto`` (default), ``cpu`` or ``cuda``.
         limit: only the first N validation images.
         flip: average each image's softmax with its mirror image's; default the run's own
             validation setting (``flip_test``).
+        confusion_png: also draw the confusion matrix into this PNG file.
 
     Raises:
         ConfigError, DataError: bad options, missing run, mismatched classes.
     """
-    from . import data as data_mod
-    from .errors import ConfigError, DataError
-    from .runs import RunFolder
-    from .sizing import Fixed, Native, policy_from_config
-    from .train import resolve_device
-
     given = [n for n, v in (("--size", size), ("--native", native), ("--scales", scales)) if v is not None]
     if len(given) > 1:
         raise ConfigError(f"give only one of --size, --native, --scales (got {' and '.join(given)})")
-    if weights not in ("best", "last"):
-        raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     run = RunFolder(run_path)
-    config = run.read_config()
-    device_t = resolve_device(device)
+    config = run.run_config()
+    runtime.configure()
+    device_t = runtime.resolve_device(device)
     model = run.load_model(weights, device_t)
-    flatten_size = config["model"].get("input_size")
+    flatten_size = config.model.get("input_size")
     if scales is not None:
         views = [Fixed(s) for s in scales]
         if not views:
@@ -247,39 +256,44 @@ def evaluate_run(
     elif native is not None:
         views = [Native(native)]
     else:
-        views = [policy_from_config(config["eval_policy"])]
+        views = [config.test_view]
     if flatten_size and any(v.to_config() != Fixed(flatten_size).to_config() for v in views):
         raise ConfigError(f"this run's flatten model takes {flatten_size}x{flatten_size} images only; use --size {flatten_size}")
+    small = [v.describe() for v in views if v.smallest_size < config.stride]
+    if small:
+        raise ConfigError(f"{', '.join(small)}: smaller than the network's stride of {config.stride} px")
 
-    source = data if data is not None else config["data"]["source"]
+    source = data if data is not None else config.data.source
     dataset = data_mod.scan(data_mod.locate(source))
-    if dataset.class_names != config["class_names"]:
-        raise DataError(f"{source}: classes {dataset.class_names} differ from the run's {config['class_names']}")
+    if dataset.class_names != list(config.class_names):
+        raise DataError(f"{source}: classes {dataset.class_names} differ from the run's {list(config.class_names)}")
     # The run's own validation set: its held-out part of the training split if it was tuned so.
-    holdout = config["data"].get("holdout", 0.0) if data is None else 0.0
-    _, val = data_mod.run_split(dataset, config["data"]["val_split"], config["data"]["seed"], holdout)
+    holdout = config.data.holdout if data is None else 0.0
+    _, val = data_mod.run_split(dataset, config.data.val_split, config.data.seed, holdout)
     if limit:
         val = val.subset(range(min(limit, len(val))))
     if len(val) == 0:
         raise DataError(f"{source}: the validation split is empty")
     if flip is None:
-        flip = bool(config["train"].get("flip_test", False))
+        flip = config.train.flip_test
     total = None
     for view in views:
         store = None  # the previous view's images go before the next view's are decoded
         folder, why = data_mod.store_folder([(val, view.store_size)], run.path)
         if why:
             log.warning("%s", why)
-        store, kept, failures = data_mod.ImageStore.from_dataset(val, view.store_size, folder=folder)
-        store.unlink()
+        store, kept, failures = data_mod.build_store(val, view.store_size, view.fixed_store_size, folder)
         probs, labels, indices = predict_batches(model, view.batches(store, batch_size, shuffle=False), device_t, flip)
         order = torch.argsort(indices)  # native batches are shape-sorted: restore dataset order
         probs, labels = probs[order], labels[order]
         total = probs if total is None else total + probs
-    evaluation = summarize_predictions(total / len(views), labels, config["class_names"])
+    evaluation = summarize_predictions(total / len(views), labels, list(config.class_names))
     evaluation.extra = {
         "view": " + ".join(v.describe() for v in views) + (", with mirror images" if flip else ""),
         "weights": weights,
         "skipped_files": [reason for _, reason in failures],
     }
+    if confusion_png is not None:
+        plot_confusion(evaluation.confusion, evaluation.class_names, Path(confusion_png),
+                       f"{run_path}: {evaluation.extra['view']}")
     return evaluation

@@ -15,32 +15,32 @@ ONNX needs the optional extra: ``pip install 'sppnet[export]'`` (onnx, onnxrunti
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ._version import __version__
-from .errors import ConfigError, SppnetError
+from .errors import ConfigError, ExportError, SppnetError
+from .files import atomic_path
+from .predict import OnnxModel
+from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "export_torchscript", "check_onnx", "check_torchscript", "OnnxModel", "ExportError"]
+__all__ = ["export_run", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript", "OnnxModel", "ExportError"]
 
 #: Sizes (height, width) an export is checked at, besides the training size.
 CHECK_SIZES = ((8, 8), (37, 53), (180, 180), (240, 320), (333, 500), (1024, 768))
 DEFAULT_OPSET = 18
-
-
-class ExportError(SppnetError):
-    """An export failed, or its check found a difference."""
 
 
 def _require(module: str):
@@ -64,19 +64,25 @@ class _WithProbabilities(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
+@contextlib.contextmanager
+def _exporter_warnings_quiet() -> Iterator[None]:
+    """Silences the warnings the exporters themselves raise (tracer notices, deprecations of
+    their internals), and only those: a user warning from the user's own code still shows."""
+    with warnings.catch_warnings():
+        # Deprecation notices of the exporters' internals (some are raised through copyreg).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        for module in (r"torch(\..*)?", r"onnxscript(\..*)?", r"onnx(\..*)?", r"onnx_ir(\..*)?", r"sppnet(\..*)?"):
+            warnings.filterwarnings("ignore", module=module)
+        yield
+
+
 def _check_sizes(model: nn.Module, input_size: int) -> list[tuple[int, int]]:
     fixed = getattr(model, "config", {}).get("input_size")
     if fixed:
         return [(fixed, fixed)]
     stride = getattr(model, "stride", 8)
     return sorted({(input_size, input_size), *((h, w) for h, w in CHECK_SIZES if min(h, w) >= stride)})
-
-
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def export_onnx(
@@ -114,13 +120,11 @@ def export_onnx(
         stride = getattr(model, "stride", 8)
         dynamic = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=stride),
                     3: torch.export.Dim("width", min=stride)},)
-    tmp = _atomic_target(path)
     onnx_log = logging.getLogger("torch.onnx")
     level = onnx_log.level
     onnx_log.setLevel(logging.ERROR)  # the exporter logs optional-package notices as warnings
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _exporter_warnings_quiet():
             program = torch.onnx.export(
                 wrapper, (example,), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
                 input_names=["image"], output_names=["logits", "probabilities"], verbose=False,
@@ -136,15 +140,14 @@ def export_onnx(
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
     except SppnetError:
         raise
     except Exception as err:  # the exporters raise many types; report them as one line
         raise ExportError(f"ONNX export to {path} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     finally:
         onnx_log.setLevel(level)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -186,18 +189,14 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
     model = model.to("cpu").eval()
     fixed = getattr(model, "config", {}).get("input_size")
     size = fixed or input_size
-    tmp = _atomic_target(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _exporter_warnings_quiet():
             traced = torch.jit.trace(_WithProbabilities(model), torch.rand(2, 3, size, size) * 255)
         extra = {"sppnet.json": json.dumps({"input_size": size, "model": getattr(model, "config", {}), "sppnet_version": __version__})}
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
     except Exception as err:
         raise ExportError(f"TorchScript export to {path} failed: {type(err).__name__}: {err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -209,43 +208,38 @@ def check_torchscript(model: nn.Module, path: str | os.PathLike, input_size: int
     return _compare(model, lambda x: loaded(x)[0].detach().numpy(), input_size, batch_sizes)
 
 
-class OnnxModel(nn.Module):
-    """An exported ONNX model run by onnxruntime, usable where sppnet expects a model.
+def export_run(run_dir: str | os.PathLike, onnx: str | os.PathLike | None = None,
+               torchscript: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET, weights: str = "best",
+               check: bool | None = None) -> dict[str, tuple[Path, float | None]]:
+    """Exports a run folder's model (what ``sppnet export`` does).
 
-    ``forward(x)`` returns the logits as a tensor. ``class_names``, ``input_size`` and
-    ``config`` come from the file's metadata.
+    Args:
+        run_dir: the run folder.
+        onnx: write an ONNX model here (dynamic batch, height and width).
+        torchscript: write a traced TorchScript module here.
+        opset: the ONNX opset (>= 18; default 18).
+        weights: ``best`` (default) or ``last``.
+        check: compare each export with PyTorch on several sizes. Default: on (for ONNX, when
+            onnxruntime is installed).
+
+    Returns:
+        For each format written (``"onnx"``, ``"torchscript"``): the path and the largest logit
+        difference against PyTorch (None when not checked).
 
     Raises:
-        ExportError: onnxruntime is missing, or the file is missing or not an sppnet export.
+        ConfigError: neither ``onnx`` nor ``torchscript`` given. ExportError, DataError: see above.
     """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        super().__init__()
-        _require("onnxruntime")
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise ExportError(f"{path}: no such ONNX file")
-        try:
-            options = ort.SessionOptions()
-            # Idle onnxruntime threads otherwise spin after each run, starving other work.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise ExportError(f"{path}: cannot load ONNX model ({type(err).__name__})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        try:
-            self.class_names = json.loads(meta["class_names"])
-            self.input_size = int(meta["input_size"])
-            self.config = json.loads(meta.get("model", "{}"))
-        except (KeyError, ValueError):
-            raise ExportError(f"{path}: not an ONNX model exported by sppnet (metadata missing)") from None
-
-    one_size_per_batch = True  # no padded batches: Predictor.predict_many batches equal shapes only
-
-    def forward(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
-        if sizes is not None:
-            raise ExportError("the ONNX model takes one image size per batch (no padded batches)")
-        image = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(["logits"], {"image": image})[0])
+    if not onnx and not torchscript:
+        raise ConfigError("say what to write: --onnx FILE and/or --torchscript FILE")
+    run = RunFolder(run_dir)
+    config = run.run_config()
+    model = run.load_model(weights, "cpu", fast_paths=False)
+    written: dict[str, tuple[Path, float | None]] = {}
+    if onnx:
+        path = export_onnx(model, onnx, list(config.class_names), config.input_size, opset)
+        do_check = check if check is not None else importlib.util.find_spec("onnxruntime") is not None
+        written["onnx"] = (path, check_onnx(model, path, config.input_size) if do_check else None)
+    if torchscript:
+        path = export_torchscript(model, torchscript, config.input_size)
+        written["torchscript"] = (path, check_torchscript(model, path, config.input_size) if check is not False else None)
+    return written

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .runtime import is_tracing
 
 __all__ = ["POOL_MODES", "SpatialPyramidPooling", "spatial_pyramid_pool", "check_levels"]
 
@@ -75,7 +76,7 @@ def _check_sizes(sizes: Tensor, x: Tensor) -> Tensor:
             f"sizes must have shape (N, 2) = ({x.shape[0]}, 2) for this batch, got {tuple(sizes.shape)}"
         )
     # Validating values needs the numbers on the host; skip while tracing, where they are symbolic.
-    if not _is_tracing():
+    if not is_tracing():
         if bool((sizes < 1).any()):
             raise ConfigError(f"every valid size must be >= 1, got {sizes.tolist()}")
         too_big = (sizes[:, 0] > x.shape[-2]) | (sizes[:, 1] > x.shape[-1])
@@ -85,18 +86,6 @@ def _check_sizes(sizes: Tensor, x: Tensor) -> Tensor:
                 f"{x.shape[-2]} x {x.shape[-1]}"
             )
     return sizes.to(device=x.device, dtype=torch.long)
-
-
-def _is_tracing() -> bool:
-    """True while a graph is scripted, traced, exported or compiled (values are symbolic)."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
-    return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-        or exporting()
-    )
 
 
 def _bin_bounds(length: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -194,10 +183,10 @@ def spatial_pyramid_pool(
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ConfigError(f"spatial pyramid pooling needs a 4-D input (N, C, H, W), got {shape}")
-    if not _is_tracing() and (x.shape[-2] < 1 or x.shape[-1] < 1):
+    if not is_tracing() and (x.shape[-2] < 1 or x.shape[-1] < 1):
         raise ConfigError(f"spatial pyramid pooling needs H, W >= 1, got {tuple(x.shape)}")
 
-    if sizes is None and not _is_tracing():
+    if sizes is None and not is_tracing():
         pool = F.adaptive_max_pool2d if mode == "max" else F.adaptive_avg_pool2d
         return torch.cat([pool(x, n).flatten(1) for n in levels], dim=1)  # (N, C * sum(n * n))
 

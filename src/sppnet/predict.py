@@ -12,6 +12,7 @@ only one a ``flatten`` model accepts, at its own size).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import ImageStore, _decode_many, decode_image
-from .errors import ConfigError, DataError
+from . import runtime
+from .data import ImageStore, decode_image, decode_many, expand_images
+from .errors import ConfigError, DataError, ExportError
 from .evaluate import mirror
+from .models import ModelSpec
 from .runs import RunFolder
 from .sizing import Native
 
-__all__ = ["Prediction", "Predictor", "sentence"]
+__all__ = ["Prediction", "Predictor", "OnnxModel", "load_predictor", "sentence", "expand_images"]
 
 
 def sentence(class_name: str, confidence: float) -> str:
@@ -84,11 +87,12 @@ class Predictor:
         self.class_names = list(class_names)
         self.device = torch.device(device)
         self.train_size = int(train_size)
+        self.stride = int(getattr(model, "stride", 8))
         flatten_size = getattr(model, "config", {}).get("input_size")
         if size is None and flatten_size:
             size = flatten_size  # a flatten model takes one size only
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
-            raise ConfigError(f"--size must be an integer >= 8, got {size!r}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < self.stride):
+            raise ConfigError(f"--size must be an integer >= {self.stride} (the network's stride), got {size!r}")
         if size is not None and flatten_size and size != flatten_size:
             raise ConfigError(f"this run's flatten model takes {flatten_size}x{flatten_size} images only, not --size {size}")
         self.size = size
@@ -99,20 +103,16 @@ class Predictor:
                  device: str | torch.device = "cpu", flip: bool | None = None) -> "Predictor":
         """Loads a run folder's model (``best`` or ``last`` weights). ``flip`` defaults to the
         run's own test view (its ``flip_test``)."""
-        if weights not in ("best", "last"):
-            raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
         run = RunFolder(path)
-        config = run.read_config()
+        config = run.run_config()
         model = run.load_model(weights, device)
         if flip is None:
-            flip = bool(config.get("train", {}).get("flip_test", False))
-        return cls(model, config["class_names"], config.get("input_size") or 180, size, device, flip)
+            flip = config.train.flip_test
+        return cls(model, config.class_names, config.input_size, size, device, flip)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, size: int | None = None, flip: bool = False) -> "Predictor":
         """Classifies with an ONNX file exported by sppnet, through onnxruntime (CPU)."""
-        from .export import OnnxModel
-
         model = OnnxModel(path)
         return cls(model, model.class_names, model.input_size, size, "cpu", flip)
 
@@ -173,11 +173,12 @@ class Predictor:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         paths = list(images)
+        runtime.configure()
         padded_ok = not getattr(self.model, "one_size_per_batch", False)
         for start in range(0, len(paths), chunk):
             part = paths[start : start + chunk]
             # (Decoding the next chunk during inference was slower on 2 cores.)
-            loaded = _decode_many(part, self._target, workers, warn=False)
+            loaded = decode_many(part, self._target, workers, warn=False)
             store = ImageStore(loaded.images, [0] * len(loaded.images))
             probs = [None] * len(store)
             for indices in self._native.index_batches(store, batch_size, shuffle=False):  # by shape
@@ -211,15 +212,72 @@ class Predictor:
         return self._prediction(source, self.probabilities(x)[0], x.shape[-2], x.shape[-1])
 
 
-def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the image files inside folders (recursively, sorted)."""
-    from .data import IMAGE_EXTENSIONS
+class OnnxModel(torch.nn.Module):
+    """An exported ONNX model run by onnxruntime, usable where sppnet expects a model.
 
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                          and f.name.lower().endswith(IMAGE_EXTENSIONS))
-        else:
-            out.append(p)
-    return out
+    ``forward(x)`` returns the logits as a tensor. ``class_names``, ``input_size``, ``config``
+    and ``stride`` come from the file's metadata (written by :func:`sppnet.export.export_onnx`).
+
+    Raises:
+        ExportError: onnxruntime is missing, or the file is missing or not an sppnet export.
+    """
+
+    one_size_per_batch = True  # no padded batches: Predictor.predict_many batches equal shapes only
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ExportError("this needs the onnxruntime package: install the export extra with "
+                              "pip install 'sppnet[export]'") from None
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"{path}: no such ONNX file")
+        try:
+            options = ort.SessionOptions()
+            # Idle onnxruntime threads otherwise spin after each run, starving other work.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ExportError(f"{path}: cannot load ONNX model ({type(err).__name__})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.class_names = json.loads(meta["class_names"])
+            self.input_size = int(meta["input_size"])
+            self.config = json.loads(meta.get("model", "{}"))
+        except (KeyError, ValueError):
+            raise ExportError(f"{path}: not an ONNX model exported by sppnet (metadata missing)") from None
+        try:
+            self.stride = ModelSpec.from_dict(self.config).stride
+        except ConfigError:
+            self.stride = 8
+
+    def forward(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        if sizes is not None:
+            raise ExportError("the ONNX model takes one image size per batch (no padded batches)")
+        image = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(["logits"], {"image": image})[0])
+
+
+def load_predictor(run_dir: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None,
+                   weights: str = "best", size: int | None = None, device: str | torch.device = "cpu",
+                   flip: bool | None = None) -> Predictor:
+    """The :class:`Predictor` of a run folder, or of an exported ONNX file (``onnx``; one of the two).
+
+    Args:
+        weights: ``best`` (default) or ``last`` (run folders only).
+        size: warp images to ``size`` x ``size`` instead of keeping their aspect ratio.
+        device: ``cpu`` (default), ``cuda`` or ``auto`` (run folders only).
+        flip: average each image with its mirror image; default the run's own test view (off
+            for ONNX files).
+
+    Raises:
+        ConfigError: both or neither of ``run_dir`` and ``onnx``; DataError, ExportError: the
+            run folder or file cannot be used.
+    """
+    if (run_dir is None) == (onnx is None):
+        raise ConfigError("give either a run folder or --onnx FILE" + (", not both" if run_dir else ""))
+    if onnx is not None:
+        return Predictor.from_onnx(onnx, size, bool(flip))
+    return Predictor.from_run(run_dir, weights, size, runtime.resolve_device(device), flip)

@@ -1,6 +1,8 @@
-"""Plots and the comparison report.
+"""Plots: training curves, the confusion matrix, the comparison chart.
 
-matplotlib is imported only when a plot is drawn, with the non-interactive Agg backend.
+matplotlib is imported only when a plot is drawn, and figures are drawn on their own
+``matplotlib.figure.Figure`` (no pyplot), so the user's backend and open figures are left alone.
+This module draws and writes PNG files (through :mod:`sppnet.files`); it trains nothing.
 """
 
 from __future__ import annotations
@@ -9,18 +11,15 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from .runs import atomic_write_bytes
+from .files import atomic_write_bytes
 
 __all__ = ["plot_curves", "plot_confusion", "plot_comparison"]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _save(fig, path: Path) -> None:
@@ -31,9 +30,9 @@ def _save(fig, path: Path) -> None:
 
 def plot_curves(history: Sequence[dict], path: Path, title: str | None = None) -> None:
     """Two panels, as in the study: training and validation accuracy, and loss, per epoch."""
-    plt = _pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [r["accuracy"] for r in history], label="Training Accuracy")
     left.plot(epochs, [r["val_accuracy"] for r in history], label="Validation Accuracy")
     left.set_title("Training and Validation Accuracy")
@@ -47,14 +46,13 @@ def plot_curves(history: Sequence[dict], path: Path, title: str | None = None) -
     if title:
         fig.suptitle(title)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str = "Confusion matrix") -> None:
     """The confusion matrix as a picture: rows true class, columns predicted, counts written in."""
-    plt = _pyplot()
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.2 * k + 1))
+    fig = _figure(figsize=(1.2 * k + 2, 1.2 * k + 1))
+    ax = fig.subplots()
     ax.imshow(confusion, cmap="Blues")
     top = max(max(row) for row in confusion) if k else 0
     for i in range(k):
@@ -67,13 +65,12 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     ax.set_ylabel("true")
     ax.set_title(title)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_comparison(histories: dict[str, Sequence[dict]], path: Path) -> None:
     """Validation accuracy and loss curves of several runs overlaid."""
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = _figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     for name, history in histories.items():
         epochs = [r["epoch"] for r in history]
         left.plot(epochs, [r["val_accuracy"] for r in history], label=name)
@@ -84,104 +81,14 @@ def plot_comparison(histories: dict[str, Sequence[dict]], path: Path) -> None:
         ax.set_xlabel("epoch")
     left.legend(loc="lower right", fontsize=8)
     _save(fig, path)
-    plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------
-# The study's comparison
+def __getattr__(name: str):
+    # The comparison (it trains) moved to sppnet.compare; the old names work for one release.
+    if name in ("compare", "write_comparison", "STUDY_VARIANTS"):
+        import importlib
+        import warnings
 
-#: The study's variants: name -> (training options, what the study reported).
-STUDY_VARIANTS: dict[str, tuple[dict, dict]] = {
-    "flatten": (dict(model="flatten"), {"val_accuracy": 0.7275}),
-    "spp-noaug": (dict(model="spp", augment=False, dropout=0.0), {"val_accuracy": 0.7289, "val_loss": 1.08}),
-    "spp": (dict(model="spp"), {"val_accuracy": 0.7657, "best_val_accuracy": 0.7793}),
-    "spp-multi": (dict(model="spp", policy={"kind": "multi", "sizes": [180, 224]}), {}),
-    "spp-range": (dict(model="spp", policy={"kind": "range", "low": 180, "high": 224}), {}),
-    "spp-native": (dict(model="spp", policy={"kind": "native", "size": 180, "max_aspect": 2.0}), {}),
-    "gap": (dict(model="gap"), {}),
-}
-
-
-def compare(data: str, out: str | Path = "runs/compare", epochs: int = 20, variants: Sequence[str] | None = None,
-            limit: int | None = None, device: str = "auto", seed: int = 123, reporter=None) -> Path:
-    """Trains the study's variants (each a normal, resumable run folder) and writes report.md.
-
-    A variant whose run folder already holds ``epochs`` finished epochs is not trained again; a
-    partial one is resumed.
-
-    Returns:
-        The path of report.md.
-    """
-    from .errors import ConfigError
-    from .runs import RunFolder
-    from .train import TrainConfig, train
-
-    names = list(variants) if variants else list(STUDY_VARIANTS)
-    unknown = [n for n in names if n not in STUDY_VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(STUDY_VARIANTS)}")
-    out = Path(out)
-    for name in names:
-        options, _ = STUDY_VARIANTS[name]
-        run = RunFolder(out / name)
-        config = TrainConfig(data=data, out=str(run.path), epochs=epochs, limit=limit, device=device, seed=seed, **options)
-        done = len(run.read_history()) if run.file("state.pt").is_file() else 0
-        if reporter is not None:
-            reporter.message(f"== {name}: {done}/{epochs} epochs done")
-        if done >= epochs:
-            continue
-        train(config, resume=run.exists() and run.file("state.pt").is_file(), reporter=reporter)
-    return write_comparison(out, names)
-
-
-def write_comparison(out: str | Path, names: Sequence[str]) -> Path:
-    """Writes report.md and comparison.png for the run folders ``out/<name>``."""
-    from .runs import RunFolder
-
-    out = Path(out)
-    rows, histories = [], {}
-    for name in names:
-        run = RunFolder(out / name)
-        history = run.read_history()
-        metrics = run.read_json("metrics.json")
-        histories[name] = history
-        study = STUDY_VARIANTS.get(name, ({}, {}))[1]
-        val = metrics.get("validation", {})
-        min_loss_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
-        rows.append(
-            f"| {name} | {metrics['final']['val_accuracy']:.4f} | {metrics['best']['val_accuracy']:.4f} "
-            f"(epoch {metrics['best']['epoch']}) | {metrics['final']['val_loss']:.4f} (min at epoch {min_loss_epoch}) | "
-            f"{metrics['final']['accuracy']:.4f} | {metrics['seconds_per_epoch_median']:.1f} | {metrics['parameters']:,} | "
-            f"{val.get('confidence_right', float('nan')):.4f} | {val.get('confidence_wrong', float('nan')):.4f} | "
-            f"{val.get('ece', float('nan')):.4f} | "
-            f"{_study(study)} |"
-        )
-    lines = [
-        "# sppnet compare",
-        "",
-        f"{len(names)} variants, {len(histories[names[0]]) if names else 0} epochs each, validation split of "
-        "the Keras-compatible 80/20 split (seed 123). Final = last epoch; best = best epoch by validation accuracy.",
-        "",
-        "| variant | val acc (final) | val acc (best) | val loss (final) | train acc | s/epoch | parameters | "
-        "mean confidence when right | when wrong | ECE (15 bins) | study |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        *rows,
-        "",
-        "![validation curves](comparison.png)",
-        "",
-    ]
-    plot_comparison(histories, out / "comparison.png")
-    path = out / "report.md"
-    atomic_write_bytes(path, "\n".join(lines).encode())
-    return path
-
-
-def _study(reported: dict) -> str:
-    if not reported:
-        return "—"
-    parts = [f"val acc {reported['val_accuracy']:.4f}"]
-    if "best_val_accuracy" in reported:
-        parts.append(f"best {reported['best_val_accuracy']:.4f}")
-    if "val_loss" in reported:
-        parts.append(f"val loss {reported['val_loss']:.2f}")
-    return ", ".join(parts)
+        warnings.warn(f"sppnet.report.{name} moved to sppnet.compare.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("sppnet.compare"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

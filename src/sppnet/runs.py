@@ -11,45 +11,171 @@ Layout::
       metrics.json        summary of the run (final and best epoch, timings, skipped files)
       state.pt            optimiser, epoch and RNG states for --resume (tensors only)
 
-Every file is written to a temporary name beside it and renamed into place, so a run killed at
-any moment leaves each file either complete and old or complete and new.
+Every file is written through :mod:`sppnet.files` (a temporary name beside it, then a rename),
+so a run killed at any moment leaves each file either complete and old or complete and new.
+
+``config.json`` is read once, into a typed :class:`RunConfig` (versioned by ``schema``; folders
+written by sppnet 0.x, which have no ``schema``, read as schema 0), and every later question
+(classes, model, input size, stride, test view, split) is asked of it. Checkpoints (the epoch's
+weights, history, metrics and ``state.pt``) are written by :meth:`RunFolder.save_epoch` and read
+back for ``--resume`` by :meth:`RunFolder.load_state`.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import logging
 import os
-import tempfile
+import platform
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import DataError
+from ._version import __version__
+from .config import TrainConfig
+from .errors import ConfigError, DataError
+from .files import atomic_path, atomic_write_bytes
+from .models import ModelSpec, count_parameters
+from .runtime import peak_rss_mb
+from .sizing import SizePolicy, policy_from_config
 
-__all__ = ["RunFolder", "HISTORY_FIELDS", "atomic_write_bytes"]
+log = logging.getLogger(__name__)
+
+__all__ = ["RunFolder", "RunConfig", "SplitRecord", "HISTORY_FIELDS", "SCHEMA_VERSION", "atomic_write_bytes"]
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
+#: The version of config.json's layout this code writes. 0: sppnet 0.x (no ``schema`` key).
+SCHEMA_VERSION = 1
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Writes ``payload`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """Where a run's data came from and how it was split (config.json's ``data``)."""
+
+    source: str
+    root: str
+    val_split: float = 0.2
+    seed: int = 123
+    holdout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run folder's config.json, typed: how the run was made and how to use its model.
+
+    Attributes:
+        train: the training configuration.
+        model: what the model is built from.
+        class_names: the class of each output, in order.
+        policy: the training size policy; test_view: the view it is validated and tested at.
+        input_size: the reference input size (prediction scales images' shorter side to it).
+        stride: the network's total stride (the smallest input side it takes).
+        data: the data source and split.
+        versions: sppnet, torch and Python versions that wrote the run.
+        schema: config.json's layout version (0: written by sppnet 0.x).
+    """
+
+    train: TrainConfig
+    model: ModelSpec
+    class_names: tuple[str, ...]
+    policy: SizePolicy
+    test_view: SizePolicy
+    input_size: int
+    stride: int
+    data: SplitRecord
+    versions: dict[str, str]
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def create(cls, config: TrainConfig, model_config: dict, class_names: Sequence[str], root: str | os.PathLike) -> "RunConfig":
+        """The RunConfig of a new run of ``config`` (whose model was built as ``model_config``)."""
+        policy = config.size_policy()
+        spec = ModelSpec.from_dict(model_config)
+        return cls(
+            train=config,
+            model=spec,
+            class_names=tuple(class_names),
+            policy=policy,
+            test_view=policy.test_view(),
+            input_size=policy.input_size,
+            stride=spec.stride,
+            data=SplitRecord(str(config.data), str(root), config.val_split, config.data_seed, config.holdout),
+            versions={"sppnet": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        )
+
+    def to_dict(self) -> dict:
+        """config.json's content (the 0.x keys, plus ``schema`` and ``stride``)."""
+        return {
+            "schema": self.schema,
+            "train": self.train.to_dict(),
+            "model": self.model.to_dict(),
+            "class_names": list(self.class_names),
+            "policy": self.policy.to_config(),
+            "eval_policy": self.test_view.to_config(),
+            "input_size": self.input_size,
+            "stride": self.stride,
+            "data": self.data.to_dict(),
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "config.json") -> "RunConfig":
+        """Reads config.json's content, of this schema or an older one.
+
+        Raises:
+            DataError: naming ``where`` and the field, when a field is missing or wrong.
+        """
+
+        def bad(key: str, why: str) -> DataError:
+            return DataError(f"{where}: {key!r} {why}; is this a run folder made by sppnet train?")
+
+        if not isinstance(d, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        schema = d.get("schema", 0)
+        if isinstance(schema, bool) or not isinstance(schema, int) or schema < 0:
+            raise bad("schema", f"must be a version number, got {schema!r}")
+        if schema > SCHEMA_VERSION:
+            raise DataError(f"{where}: written by a newer sppnet (schema {schema}; this one reads up to "
+                            f"{SCHEMA_VERSION}); upgrade sppnet")
+        for key, kind in (("model", dict), ("class_names", list)):
+            if not isinstance(d.get(key), kind):
+                raise bad(key, "is missing or of the wrong type")
+        names = d["class_names"]
+        if not names or not all(isinstance(n, str) for n in names):
+            raise bad("class_names", "must be a non-empty list of names")
+        try:
+            train = TrainConfig.from_dict(d.get("train", {}))
+            spec = ModelSpec.from_dict(d["model"])
+            policy = policy_from_config(d.get("policy") or train.policy)
+            test_view = policy_from_config(d["eval_policy"]) if d.get("eval_policy") else policy.test_view()
+        except (ConfigError, TypeError, KeyError, ValueError) as err:
+            raise DataError(f"{where}: {err}") from None
+        input_size = d.get("input_size") or test_view.input_size
+        stride = d.get("stride", spec.stride)
+        for key, value in (("input_size", input_size), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+                raise bad(key, f"must be an integer in 1..100000, got {value!r}")
+        data = d.get("data") or {}
+        try:
+            split = SplitRecord(str(data.get("source", train.data)), str(data.get("root", "")),
+                                float(data.get("val_split", train.val_split)), int(data.get("seed", train.data_seed)),
+                                float(data.get("holdout", 0.0) or 0.0))
+        except (TypeError, ValueError, AttributeError) as err:
+            raise bad("data", f"is not a data record ({err})") from None
+        return cls(train, spec, tuple(names), policy, test_view, input_size, stride, split,
+                   dict(d.get("versions") or {}), schema)
 
 
 class RunFolder:
@@ -86,25 +212,24 @@ class RunFolder:
             raise DataError(f"{path}: not valid JSON ({err})") from None
 
     def read_config(self) -> dict:
+        """config.json as a plain dict (prefer :meth:`run_config`)."""
         if not self.path.is_dir():
             raise DataError(f"{self.path}: no such run folder")
         return self.read_json("config.json")
+
+    def run_config(self) -> RunConfig:
+        """config.json, typed and checked (see :class:`RunConfig`)."""
+        return RunConfig.from_dict(self.read_config(), str(self.file("config.json")))
+
+    def write_run_config(self, config: RunConfig) -> None:
+        self.write_json("config.json", config.to_dict())
 
     # weights --------------------------------------------------------------------------------
 
     def save_weights(self, name: str, state_dict: dict[str, torch.Tensor]) -> None:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-        # safetensors writes to a path; write beside the target and rename for atomicity.
-        target = self.file(f"{name}.safetensors")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.file(f"{name}.safetensors")) as tmp:
+            save_file(tensors, str(tmp))
 
     def load_weights(self, name: str = "best") -> dict[str, torch.Tensor]:
         path = self.file(f"{name}.safetensors")
@@ -138,13 +263,16 @@ class RunFolder:
 
     # the model ------------------------------------------------------------------------------
 
-    def load_model(self, weights: str = "best", device: torch.device | str = "cpu") -> torch.nn.Module:
-        """Rebuilds the run's model from config.json with its ``best`` or ``last`` weights (eval mode)."""
-        from .models import build_model
-
-        model_cfg = dict(self.read_config()["model"])
-        name = model_cfg.pop("name")
-        model = build_model(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in model_cfg.items()})
+    def load_model(self, weights: str = "best", device: torch.device | str = "cpu",
+                   fast_paths: bool | None = None) -> torch.nn.Module:
+        """Rebuilds the run's model with its ``best`` or ``last`` weights (eval mode)."""
+        if weights not in ("best", "last"):
+            raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
+        spec = self.run_config().model
+        try:
+            model = spec.build(fast_paths)
+        except ConfigError as err:
+            raise DataError(f"{self.file('config.json')}: cannot build its model ({err})") from None
         try:
             model.load_state_dict(self.load_weights(weights))
         except RuntimeError as err:
@@ -153,6 +281,73 @@ class RunFolder:
                 f"({str(err).splitlines()[0]})"
             ) from None
         return model.to(device, memory_format=torch.channels_last).eval()
+
+    # checkpoints ------------------------------------------------------------------------------
+
+    def check_out(self, resume: bool) -> None:
+        """Checks that a new run may be written here, or (``resume``) that there is one to resume.
+
+        Raises:
+            ConfigError: naming the folder and what to do instead.
+        """
+        if resume:
+            if not self.exists():
+                raise ConfigError(f"--resume: {self.path} holds no run to resume (no config.json)")
+            return
+        if self.exists():
+            raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise ConfigError(f"--out {self.path} exists and is not an empty folder; choose another --out")
+
+    def save_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, history: list[dict],
+                   validation: dict, best: dict, train_rates: list[float], failures: list[tuple[str, str]]) -> None:
+        """Writes a finished epoch: weights, history, metrics, curves, then ``state.pt`` (last:
+        it marks the epoch as finished, so a run killed before it resumes from the epoch before).
+
+        Args:
+            history: every epoch's row so far, the latest last.
+            validation: the epoch's validation metrics (without per-class values).
+            best: ``{"epoch", "val_accuracy"}`` of the best epoch so far; updated here.
+            train_rates: training images/s of each epoch this process has run (a resumed
+                run's earlier epochs are not timed again), the latest last.
+            failures: (path, reason) of each file the run skipped.
+        """
+        from .report import plot_curves
+
+        row = history[-1]
+        state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self.save_weights("last", state_dict)
+        if row["val_accuracy"] > best["val_accuracy"] or best["epoch"] == 0:
+            best.update(epoch=row["epoch"], val_accuracy=row["val_accuracy"])
+            self.save_weights("best", state_dict)
+        self.write_history(history)
+        epoch_seconds = [r["seconds"] for r in history]
+        metrics = {
+            "epochs": row["epoch"],
+            "final": {k: row[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+            "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+                     "val_loss": history[best["epoch"] - 1]["val_loss"]},
+            "validation": validation,
+            "seconds_per_epoch_median": statistics.median(epoch_seconds),
+            "train_images_per_second_last_epoch": train_rates[-1] if train_rates else None,
+            "train_images_per_second_median": statistics.median(train_rates) if train_rates else None,
+            "parameters": count_parameters(model),
+            "peak_rss_mb": peak_rss_mb(),
+            "skipped_files": [reason for _, reason in failures],
+        }
+        self.write_json("metrics.json", metrics)
+        try:
+            plot_curves(history, self.file("curves.png"))
+        except ImportError:
+            log.warning("matplotlib is not installed: no curves.png")
+        self.save_state({
+            "model": state_dict,
+            "optimizer": optimizer.state_dict(),
+            "epoch": row["epoch"],
+            "best_epoch": best["epoch"],
+            "best_val_accuracy": best["val_accuracy"],
+            "torch_rng": torch.get_rng_state(),
+        })
 
     # training state -------------------------------------------------------------------------
 

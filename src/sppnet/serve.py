@@ -17,19 +17,23 @@ One model is loaded per server and shared by all requests; predictions run in in
 a worker thread each, so requests are handled concurrently without blocking the event loop.
 """
 
+import math
+import os
 import socket
 from importlib import resources
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
+from . import runtime
 from .errors import ConfigError, DataError
-from .predict import Predictor
+from .predict import Predictor, load_predictor
 
-__all__ = ["create_app", "serve", "DEFAULT_MAX_UPLOAD"]
+__all__ = ["create_app", "serve", "serve_run", "require_serve_deps", "DEFAULT_MAX_UPLOAD"]
 
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024  # bytes
 
 
-def _require_serve_deps():
+def require_serve_deps() -> None:
+    """Raises ConfigError (one line, with the install command) if the serve extra is missing."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -52,7 +56,7 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
         max_upload: the largest request body accepted, in bytes (larger ones get 413).
         model_info: extra fields for ``GET /model`` (e.g. the model's name and source).
     """
-    _require_serve_deps()
+    require_serve_deps()
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -142,8 +146,11 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
 
 
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, max_upload: int = DEFAULT_MAX_UPLOAD,
-          model_info: dict | None = None, log_level: str = "info") -> None:
-    """Runs the service with uvicorn until interrupted."""
+          model_info: dict | None = None, log_level: str = "info", on_ready: Callable[[str], None] | None = None) -> None:
+    """Runs the service with uvicorn until interrupted.
+
+    ``on_ready(url)`` is called once the address is known to be free, just before serving.
+    """
     app = create_app(predictor, max_upload, model_info)  # checks the serve extra is installed
     import uvicorn
 
@@ -156,4 +163,30 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, max_u
             probe.bind((host, port))
     except OSError as err:
         raise ConfigError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    runtime.configure()
+    if on_ready is not None:
+        on_ready(f"http://{host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def serve_run(run_dir: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None,
+              host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0, size: int | None = None,
+              weights: str = "best", device: str = "cpu", on_ready: Callable[[str], None] | None = None) -> None:
+    """Serves a run folder (or an ONNX file) until interrupted: what ``sppnet serve`` does.
+
+    Raises:
+        ConfigError: the serve extra is missing, or a bad option (named).
+    """
+    require_serve_deps()
+    if not (isinstance(max_upload_mb, (int, float)) and math.isfinite(max_upload_mb) and max_upload_mb > 0):
+        raise ConfigError(f"--max-upload-mb must be a positive number, got {max_upload_mb}")
+    if onnx and run_dir:
+        raise ConfigError("give either a run folder or --onnx FILE, not both")
+    if not onnx and not run_dir:
+        raise ConfigError("give a run folder to serve (or --onnx FILE): sppnet serve RUN")
+    predictor = load_predictor(run_dir if not onnx else None, onnx, weights, size, device)
+    if onnx:
+        info = {"model": "onnx", "source": str(onnx)}
+    else:
+        info = {"model": predictor.model.config.get("name", "model"), "source": str(run_dir)}
+    serve(predictor, host, port, int(max_upload_mb * 1024 * 1024), info, on_ready=on_ready)

@@ -11,9 +11,13 @@ Policies (each reproducible from the seed and reshuffled every epoch):
       keeping its aspect ratio). Batches group images of similar shape, are zero-padded to the
       largest and carry each image's valid size.
 
-A policy says how to store an image (:meth:`SizePolicy.store_size`) and makes an epoch's batches
-from an :class:`~sppnet.data.ImageStore` (:meth:`SizePolicy.batches`). The training loop knows
-nothing about sizes: it takes the batches it is handed.
+A policy answers what its callers need: how to store an image (:meth:`SizePolicy.store_size`,
+and :attr:`SizePolicy.fixed_store_size` when every image is stored at one size), the view a run
+is validated and tested at (:meth:`SizePolicy.test_view`), the run's reference input size
+(:attr:`SizePolicy.input_size`) and the smallest side an image may get
+(:attr:`SizePolicy.smallest_size`); and it makes an epoch's batches from an
+:class:`~sppnet.data.ImageStore` (:meth:`SizePolicy.batches`). The training loop knows nothing
+about sizes: it takes the batches it is handed.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .data import ImageStore
+from .data.store import ImageStore
 from .errors import ConfigError
 
 __all__ = ["Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "parse_policy", "padding_overhead"]
 
 #: The longest side a ``native`` image may have, as a multiple of its shorter side S.
 MAX_ASPECT = 2.0
+
+#: The shortest side a ``native`` image is given (very elongated images are shrunk further).
+NATIVE_MIN_SIDE = 8
 
 #: Images a ``native`` epoch sorts by shape at a time: larger windows pad less but mix less.
 NATIVE_WINDOW_BATCHES = 16
@@ -79,6 +86,29 @@ class SizePolicy:
     def epoch_size(self, epoch: int, seed: int) -> int | None:
         """The square size of this epoch's batches (None: the images' own sizes)."""
         raise NotImplementedError
+
+    @property
+    def fixed_store_size(self) -> tuple[int, int] | None:
+        """The (width, height) every image is stored at, or None when it depends on the image."""
+        side = self.store_size(1, 1)[0]
+        return side, side
+
+    @property
+    def smallest_size(self) -> int:
+        """The smallest side an image is given in this policy's batches (for ``native``: the
+        shorter side, which only images more elongated than ``max_aspect`` go below)."""
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        """The run's reference input size: the side of its test view (the shorter side for
+        ``native``). Prediction scales images to it by default."""
+        return self.test_view().size
+
+    def test_view(self) -> "SizePolicy":
+        """The view a run trained with this policy is validated and tested at: ``native`` and
+        ``fixed`` stay as they are; ``multi`` tests at its first size, ``range`` at its lower."""
+        return self
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -159,6 +189,10 @@ class Fixed(SizePolicy):
     def epoch_size(self, epoch: int, seed: int) -> int | None:
         return self.size
 
+    @property
+    def smallest_size(self) -> int:
+        return self.size
+
     def describe(self) -> str:
         return f"fixed {self.size}"
 
@@ -182,6 +216,13 @@ class Multi(SizePolicy):
 
     def epoch_size(self, epoch: int, seed: int) -> int | None:
         return self.sizes[epoch % len(self.sizes)]
+
+    @property
+    def smallest_size(self) -> int:
+        return min(self.sizes)
+
+    def test_view(self) -> SizePolicy:
+        return Fixed(self.sizes[0])
 
     def describe(self) -> str:
         return f"multi {','.join(map(str, self.sizes))}"
@@ -208,6 +249,13 @@ class Range(SizePolicy):
         generator = epoch_generator(seed + 7919, epoch)  # independent of the shuffle's draws
         return int(torch.randint(self.low, self.high + 1, (1,), generator=generator))
 
+    @property
+    def smallest_size(self) -> int:
+        return self.low
+
+    def test_view(self) -> SizePolicy:
+        return Fixed(self.low)
+
     def describe(self) -> str:
         return f"range {self.low}:{self.high}"
 
@@ -231,10 +279,19 @@ class Native(SizePolicy):
         longest = self.max_aspect * self.size
         if max(width, height) * scale > longest:
             scale = longest / max(width, height)
-        return max(8, round(width * scale)), max(8, round(height * scale))
+        return max(NATIVE_MIN_SIDE, round(width * scale)), max(NATIVE_MIN_SIDE, round(height * scale))
 
     def epoch_size(self, epoch: int, seed: int) -> int | None:
         return None
+
+    @property
+    def fixed_store_size(self) -> tuple[int, int] | None:
+        return None
+
+    @property
+    def smallest_size(self) -> int:
+        # The shorter side; only an image more elongated than max_aspect gets less (>= 8).
+        return self.size
 
     def describe(self) -> str:
         return f"native {self.size}"

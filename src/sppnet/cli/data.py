@@ -1,0 +1,65 @@
+"""``sppnet data`` and ``sppnet models``: look at a dataset, list the models."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import download_progress, subcommand
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    parser = subcommand(
+        sub,
+        "data",
+        help="summarise a dataset and its training/validation split",
+        description=(
+            "Scan a dataset (a folder of class subfolders, an archive of one, or 'flowers'), split it "
+            "as Keras' image_dataset_from_directory does, and print counts, image sizes and any "
+            "unreadable files."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sppnet data ../shared/datasets/flower_photos.tgz\n"
+            "  sppnet data photos/ --val-split 0.1 --seed 7\n"
+            "  sppnet data flowers --list val > val_files.txt"
+        ),
+    )
+    parser.add_argument("data", metavar="DATA", help="folder, archive (.tgz/.tar.gz/.tar/.zip) or 'flowers'")
+    parser.add_argument("--val-split", type=float, default=0.2, help="validation fraction (default 0.2)")
+    parser.add_argument("--seed", type=int, default=123, help="split seed (default 123)")
+    parser.add_argument("--list", choices=["train", "val"], help="print only the files of that subset, in split order")
+    parser.set_defaults(run=run_data)
+
+    parser = subcommand(
+        sub,
+        "models",
+        help="list the model family and parameter counts",
+        description="List the registered models with their parameter counts for 5 classes.",
+        epilog="example:\n  sppnet models",
+    )
+    parser.set_defaults(run=run_models)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from .. import data
+
+    root = data.locate(args.data, progress=download_progress())
+    dataset = data.scan(root)
+    train, val = data.split(dataset, args.val_split, args.seed)
+    if args.list:
+        for name in (train if args.list == "train" else val).files:
+            print(name)
+        return 0
+    print(data.summarize(dataset, train, val))
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from ..models import build_model, count_parameters, list_models
+
+    for name in list_models():
+        model = build_model(name)
+        print(f"{name:<8} {count_parameters(model):>10,} parameters  {model.pool}")
+    return 0

@@ -1,0 +1,63 @@
+"""``sppnet evaluate``: a run's metrics and confusion matrix on a validation split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import int_list, subcommand
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = subcommand(
+        sub,
+        "evaluate",
+        help="evaluate a run on its validation split",
+        description=(
+            "Loss, accuracy, per-class precision/recall/F1, calibration and a confusion matrix (text and "
+            "PNG) of a run on a validation split. Views: --size S (warped), --native S (each image whole, "
+            "SPP-net's full-image view), --scales S1,S2,... (softmax averaged over sizes)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sppnet evaluate runs/spp\n"
+            "  sppnet evaluate runs/spp --native 180\n"
+            "  sppnet evaluate runs/spp --scales 180,224,256 --json"
+        ),
+    )
+    parser.add_argument("run_dir", metavar="RUN", help="run folder")
+    parser.add_argument("data", metavar="DATA", nargs="?", help="dataset (default: the run's own)")
+    views = parser.add_mutually_exclusive_group()
+    views.add_argument("--size", type=int, help="warp images to SIZE x SIZE")
+    views.add_argument("--native", type=int, help="whole images, shorter side NATIVE")
+    views.add_argument("--scales", type=int_list, help="average the softmax over sizes, e.g. 180,224,256")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image's softmax with its mirror image's (default: as the run validated)")
+    parser.add_argument("--weights", default="best", choices=["best", "last"], help="which weights (default best)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--limit", type=int, help="only the first N validation images")
+    parser.add_argument("--confusion-png", help="where to draw the confusion matrix (default RUN/confusion.png)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_run
+
+    png = Path(args.confusion_png) if args.confusion_png else Path(args.run_dir) / "confusion.png"
+    evaluation = evaluate_run(args.run_dir, args.data, args.size, args.native, args.scales, args.weights,
+                              args.batch_size, args.device, args.limit, args.flip, confusion_png=png)
+    if args.json:
+        print(json.dumps(evaluation.to_dict(), indent=2))
+    else:
+        print(f"view: {evaluation.extra['view']}, {args.weights} weights")
+        print(evaluation.report())
+        print(f"\nconfusion matrix picture: {png}")
+    for reason in evaluation.extra["skipped_files"]:
+        print(f"skipped: {reason}", file=sys.stderr)
+    return 0

@@ -1,0 +1,49 @@
+"""``sppnet serve``: an HTTP prediction service with a web page (extra ``sppnet[serve]``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import subcommand
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = subcommand(
+        sub,
+        "serve",
+        help="serve predictions over HTTP, with a web page (extra sppnet[serve])",
+        description=(
+            "An HTTP prediction service: POST /predict (multipart field 'image' or raw image bytes) answers "
+            "JSON; GET /health, GET /model; GET / is a page to drop a photo on. Needs pip install 'sppnet[serve]'."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sppnet serve runs/spp\n"
+            "  sppnet serve runs/spp --host 0.0.0.0 --port 8080\n"
+            "  sppnet serve --onnx spp.onnx\n"
+            "  curl -F image=@sunflower.jpg http://127.0.0.1:8000/predict"
+        ),
+    )
+    parser.add_argument("run_dir", metavar="RUN", nargs="?", help="run folder (omitted with --onnx)")
+    parser.add_argument("--onnx", metavar="FILE", help="serve an exported ONNX model through onnxruntime instead of a run")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB; larger get 413 (default 10)")
+    parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead of keeping their aspect ratio")
+    parser.add_argument("--weights", default="best", choices=["best", "last"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..serve import serve_run
+
+    try:
+        serve_run(args.run_dir, args.onnx, args.host, args.port, args.max_upload_mb, args.size, args.weights,
+                  args.device, on_ready=lambda url: print(f"Serving {args.onnx or args.run_dir} on {url} (Ctrl-C stops)",
+                                                          flush=True))
+    except KeyboardInterrupt:
+        pass
+    return 0

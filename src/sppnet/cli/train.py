@@ -1,0 +1,95 @@
+"""``sppnet train``: its options are made from :class:`sppnet.config.TrainConfig`'s fields."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from .common import ConsoleReporter, int_list, subcommand
+
+__all__ = ["add_parser", "run"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_fields(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field marked for the command line, with the field's help and
+    default (every option defaults to None: only what is given overrides the preset)."""
+    from ..config import SECTIONS, TrainConfig, cli_fields
+
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    groups = {section: parser.add_argument_group(f"{section} options") for section in SECTIONS}
+    for f in cli_fields():
+        hint = hints[f.name]
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help = f"{f.metadata['help']} (default {shown})"
+        group = groups[f.metadata["section"]]
+        if hint is bool:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help)
+            continue
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+        if typing.get_origin(base) is tuple:
+            kind, metavar = int_list, "N,N,..."
+        else:
+            kind, metavar = base, None
+        group.add_argument(_flag(f.name), type=kind, default=None, metavar=metavar, help=help)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = subcommand(
+        sub,
+        "train",
+        help="train a model and write a run folder",
+        description="Train a CNN with an SPP (or Flatten, or GAP) head. The defaults are the study's setup.",
+        epilog=(
+            "examples:\n"
+            "  sppnet train flowers\n"
+            "  sppnet train ../shared/datasets/flower_photos.tgz --out runs/spp\n"
+            "  sppnet train photos/ --native 180 --epochs 30 --out runs/native\n"
+            "  sppnet train photos/ --out runs/native --resume --epochs 40\n"
+            "  sppnet train flowers --model flatten --out runs/flatten"
+        ),
+    )
+    parser.add_argument("data", metavar="DATA", help="folder of class subfolders, archive (.tgz/.tar.gz/.tar/.zip) or 'flowers'")
+    parser.add_argument("--out", default=None, help="run folder (default runs/MODEL, or runs/PRESET)")
+    sizes = parser.add_argument_group("sizes options").add_mutually_exclusive_group()
+    sizes.add_argument("--size", type=int, help="warp images to SIZE x SIZE (default 180)")
+    sizes.add_argument("--sizes", help="multi-size training, one size per epoch, e.g. 180,224")
+    sizes.add_argument("--size-range", help="a size drawn per epoch from LOW:HIGH, e.g. 180:224")
+    sizes.add_argument("--native", type=int, help="keep aspect ratios, shorter side NATIVE, padded batches")
+    _add_config_fields(parser)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend under torchrun (default: gloo on CPU, nccl on CUDA)")
+    parser.add_argument("--store-dir", metavar="DIR",
+                        help="decode the images into memory-mapped files in DIR instead of memory, for datasets "
+                             "larger than memory (the files are removed once mapped; default: memory, or the run "
+                             "folder when the decoded images would not fit in the memory available)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import TrainConfig, cli_fields
+    from ..sizing import parse_policy
+    from ..train import train
+
+    names = [f.name for f in cli_fields() if f.name not in ("preset",)]
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if any(v is not None for v in (args.size, args.sizes, args.size_range, args.native)):
+        overrides["policy"] = parse_policy(args.size, args.sizes, args.size_range, args.native).to_config()
+    preset = args.preset or "study"
+    config = TrainConfig.from_preset(preset, data=args.data, **overrides)
+    out = args.out or f"runs/{config.model if preset == 'study' else preset}"
+    # --resume continues for the run's own number of epochs unless --epochs is given.
+    config = dataclasses.replace(config, out=out, epochs=args.epochs if args.resume else config.epochs)
+    metrics = train(config, resume=args.resume, reporter=ConsoleReporter(), backend=args.backend,
+                    store_dir=args.store_dir)
+    if metrics:
+        print(f"best val_accuracy {metrics['best']['val_accuracy']:.4f} at epoch {metrics['best']['epoch']}; "
+              f"run folder: {config.out}")
+    return 0

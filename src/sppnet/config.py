@@ -1,0 +1,252 @@
+"""The training configuration: one typed dataclass, the named recipes, validation.
+
+:class:`TrainConfig` holds everything that defines a training run. Each field documents itself
+once, in its metadata (``help``, the ``section`` it belongs to: model, sizes, augmentation,
+optimisation, data or run), and ``sppnet train``'s options are made from those fields, so a
+default and its help are written in one place. A flag, a field and a key of the run folder's
+``config.json`` share one name (``--batch-size`` <-> ``batch_size``).
+
+The named recipes are data: :data:`PRESETS` (``study``, ``study-plus``, ``best``) and the
+study's comparison matrix :data:`STUDY_VARIANTS`. A configuration answers what the layers below
+need: :meth:`TrainConfig.model_spec` for :mod:`sppnet.models`, :meth:`TrainConfig.size_policy`
+for :mod:`sppnet.sizing`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .models import ModelSpec, build_model
+from .pooling import POOL_MODES
+from .runtime import DEVICES, PRECISIONS
+from .sizing import Fixed, SizePolicy, policy_from_config
+
+__all__ = [
+    "TrainConfig", "PRESETS", "STUDY_VARIANTS", "SCHEDULES", "PRECISIONS", "DEFAULT_EPOCHS", "SECTIONS",
+    "cli_fields",
+]
+
+DEFAULT_EPOCHS = 20
+SCHEDULES = ("constant", "cosine")
+
+#: The groups of fields, in the order ``sppnet train --help`` shows them.
+SECTIONS = ("model", "sizes", "augmentation", "optimisation", "data", "run")
+
+#: Named recipes: the TrainConfig fields each sets (options given explicitly override them).
+#: ``study`` is the study's exact setup and the default. ``study-plus`` keeps the study's network
+#: and 20 epochs and changes only the training recipe and the test view; ``best`` may change the
+#: network within the family and trains 50 epochs. How they were chosen (on a part of the
+#: training split only) and what each ingredient brings: docs/accuracy.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    "study": {},
+    "study-plus": {
+        "policy": {"kind": "native", "size": 180},
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "lr": 2e-3,
+        "flip_test": True,
+    },
+    "best": {
+        "policy": {"kind": "native", "size": 128},
+        "widths": (16, 32, 64, 128),
+        "batch_norm": True,
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "lr": 2e-3,
+        "weight_decay": 0.05,
+        "flip_test": True,
+        "epochs": 50,
+    },
+}
+
+#: The study's comparison (``sppnet compare``): variant -> (TrainConfig fields, what the study
+#: reported for it).
+STUDY_VARIANTS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
+    "flatten": (dict(model="flatten"), {"val_accuracy": 0.7275}),
+    "spp-noaug": (dict(model="spp", augment=False, dropout=0.0), {"val_accuracy": 0.7289, "val_loss": 1.08}),
+    "spp": (dict(model="spp"), {"val_accuracy": 0.7657, "best_val_accuracy": 0.7793}),
+    "spp-multi": (dict(model="spp", policy={"kind": "multi", "sizes": [180, 224]}), {}),
+    "spp-range": (dict(model="spp", policy={"kind": "range", "low": 180, "high": 224}), {}),
+    "spp-native": (dict(model="spp", policy={"kind": "native", "size": 180, "max_aspect": 2.0}), {}),
+    "gap": (dict(model="gap"), {}),
+}
+
+
+def _field(default: Any, section: str, help: str, cli: bool = True, choices: tuple | None = None, **kwargs):
+    """A dataclass field with its help and section (and whether ``sppnet train`` has a flag)."""
+    metadata = {"help": help, "section": section, "cli": cli, "choices": choices}
+    if callable(default) and not isinstance(default, type):
+        return field(default_factory=default, metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in the run folder's config.json.
+
+    The defaults are the study's setup: the ``spp`` model with levels 1, 2, 4 and max pooling,
+    images warped to 180 x 180, augmentation and dropout 0.2, 20 epochs of Adam at 1e-3 with
+    batches of 32, on the Keras-compatible 80/20 split with seed 123. Each field's help is in its
+    metadata (``dataclasses.fields(TrainConfig)``); ``sppnet train --help`` prints it.
+    """
+
+    data: str = _field("flowers", "data", "folder of class subfolders, archive (.tgz/.tar.gz/.tar/.zip) or 'flowers'",
+                       cli=False)
+    out: str = _field("runs/spp", "run", "the run folder", cli=False)
+    # model
+    model: str = _field("spp", "model", "the head: spp, flatten or gap", choices=("spp", "flatten", "gap"))
+    levels: tuple[int, ...] = _field((1, 2, 4), "model", "SPP pyramid levels (spp only)")
+    pool: str = _field("max", "model", "SPP pooling: max or avg (spp only)", choices=POOL_MODES)
+    widths: tuple[int, ...] = _field((16, 32, 64), "model", "conv block widths")
+    hidden: int = _field(128, "model", "dense layer units")
+    batch_norm: bool = _field(False, "model", "batch norm after each conv")
+    dropout: float = _field(0.2, "model", "dropout rate before the dense layers")
+    # sizes (the policy is set by --size, --sizes, --size-range or --native; see sizing.parse_policy)
+    policy: dict = _field(lambda: Fixed(180).to_config(), "sizes", "the size policy", cli=False)
+    flip_test: bool = _field(False, "sizes", "validate on each image and its mirror image")
+    # augmentation
+    augment: bool = _field(True, "augmentation", "random flip, rotation, zoom (Keras semantics)")
+    rotation: float = _field(0.1, "augmentation", "augmentation: largest rotation, in turns")
+    zoom: float = _field(0.1, "augmentation", "augmentation: largest relative zoom")
+    # optimisation
+    epochs: int | None = _field(DEFAULT_EPOCHS, "optimisation",
+                                "epochs (or the preset's: best trains 50; with --resume, the run's own unless given)")
+    batch_size: int = _field(32, "optimisation", "the global batch size")
+    lr: float = _field(1e-3, "optimisation", "learning rate (Adam, or AdamW with --weight-decay)")
+    schedule: str = _field("constant", "optimisation", "learning rate schedule: constant or cosine (to 0 at the end)",
+                           choices=SCHEDULES)
+    warmup_epochs: int = _field(0, "optimisation", "linear learning-rate warm-up, in epochs")
+    weight_decay: float = _field(0.0, "optimisation", "decoupled (AdamW) weight decay; 0 is plain Adam")
+    label_smoothing: float = _field(0.0, "optimisation", "label smoothing")
+    precision: str = _field("fp32", "optimisation", "fp32 or bf16 (autocast; fast where the CPU or GPU has bf16 units)",
+                            choices=PRECISIONS)
+    # data and split
+    val_split: float = _field(0.2, "data", "validation fraction")
+    holdout: float = _field(0.0, "data", "validate on this share of the training split instead, for tuning")
+    seed: int = _field(123, "data", "seed of the split, initialisation, shuffling, augmentation and dropout")
+    split_seed: int | None = _field(None, "data", "seed of the split alone, to vary the rest on one split "
+                                    "(default: --seed)")
+    limit: int | None = _field(None, "data", "use only the first N images of each subset (quick tries)")
+    # run
+    device: str = _field("auto", "run", "auto (CUDA if present), cpu or cuda", choices=DEVICES)
+    preset: str = _field("study", "run", "named recipe: study (the study's setup), study-plus, best; options given "
+                         "explicitly override the preset's values", choices=tuple(PRESETS))
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the train/validation split: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @classmethod
+    def from_preset(cls, preset: str = "study", **overrides) -> "TrainConfig":
+        """A configuration from a named preset (see :data:`PRESETS`), with fields overridden.
+
+        Raises:
+            ConfigError: an unknown preset or field.
+        """
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown --preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls.from_dict({**PRESETS[preset], **overrides, "preset": preset})
+
+    def size_policy(self) -> SizePolicy:
+        """The size policy of :attr:`policy` (raises ConfigError naming what is wrong)."""
+        return policy_from_config(self.policy)
+
+    def model_spec(self, num_classes: int) -> ModelSpec:
+        """What :mod:`sppnet.models` builds for this configuration and ``num_classes`` classes."""
+        args: dict[str, Any] = {"num_classes": num_classes}
+        if self.model == "spp":
+            args.update(levels=tuple(self.levels), pool=self.pool)
+        elif self.model == "flatten":
+            args.update(input_size=self.size_policy().input_size)
+        args.update(dropout=self.dropout, widths=tuple(self.widths), hidden=self.hidden, batch_norm=self.batch_norm)
+        return ModelSpec(self.model, tuple(args.items()))
+
+    def validate(self) -> None:
+        """Checks every field.
+
+        Raises:
+            ConfigError: naming the option (as its flag), the value and what is allowed.
+        """
+
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        def integer(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{flag(name)} must be an integer >= {minimum}, got {value!r}")
+
+        def number(name: str, low: float, high: float, high_open: bool = True) -> None:
+            value = getattr(self, name)
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            ok = ok and low <= value and (value < high if high_open else value <= high)
+            if not ok:
+                bracket = ")" if high_open else "]"
+                raise ConfigError(f"{flag(name)} must be a number in [{low}, {high}{bracket}, got {value!r}")
+
+        for name in ("epochs", "batch_size", "hidden"):
+            integer(name, 1)
+        for name, minimum in (("limit", 1), ("split_seed", 0)):
+            if getattr(self, name) is not None:
+                integer(name, minimum)
+        integer("seed", 0)
+        integer("warmup_epochs", 0)
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
+        number("rotation", 0, 0.5, high_open=False)
+        number("zoom", 0, 1)
+        number("weight_decay", 0, 1)
+        number("label_smoothing", 0, 1)
+        number("holdout", 0, 1)
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and f.name not in ("model", "pool") and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        for name in ("augment", "batch_norm", "flip_test"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        policy = self.size_policy()
+        if self.model == "flatten" and not isinstance(policy, Fixed):
+            raise ConfigError(
+                f"--model flatten needs one fixed input size (--size), not {policy.describe()}; "
+                "use --model spp or gap for other size policies"
+            )
+        spec = self.model_spec(num_classes=2)
+        build_model(spec.name, **dict(spec.arguments))  # raises for bad model arguments
+        if policy.smallest_size < spec.stride:
+            raise ConfigError(
+                f"{policy.describe()}: images of {policy.smallest_size} px are smaller than the network's stride of "
+                f"{spec.stride} px ({len(self.widths)} conv blocks); use a size of at least {spec.stride}"
+            )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["levels"] = list(self.levels)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From :meth:`to_dict`'s form; keys that are not fields are ignored (older runs)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training configuration must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        for name in ("levels", "widths"):
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
+        return cls(**kwargs)
+
+
+def cli_fields() -> list[dataclasses.Field]:
+    """The fields ``sppnet train`` has a flag for, section by section."""
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli")]
+    return sorted(fields, key=lambda f: SECTIONS.index(f.metadata["section"]))
