@@ -26,7 +26,8 @@ from pathlib import Path
 
 from sppnet.evaluate import evaluate_run
 from sppnet.runs import RunFolder
-from sppnet.train import TrainConfig, train
+from sppnet.config import TrainConfig
+from sppnet.train import train
 
 TUNING = {
     "study": dict(preset="study"),

@@ -16,13 +16,13 @@ threads), medians; the printed figure is the time ratio alternative / default (a
     2026-11-26; now it is added after the pooling), over whole training steps of the study
     network, the two models' steps alternating;
   * at inference, 2x2 max pooling through max_pool2d, which writes argmax indices nobody reads
-    (the default until 2026-11-26; now two element-wise maxima, models.max_pool_2x2), per layer
+    (the default until 2026-11-26; now two element-wise maxima, kernels.max_pool_2x2), per layer
     and over whole forward passes (batch 32 at 180x180, one 240x320 image);
   * a contiguous (NCHW) batch, as augmentation returns it, rescaled in its own layout and left
     to the first convolution to reorder (the default until 2026-11-26; now the rescaling writes
     it channels-last), over whole training steps;
   * the last conv's backward pass through oneDNN's dense kernels (the default until
-    2026-11-26; now models.conv3x3_sparse_grad visits only the pixels that get a gradient from
+    2026-11-26; now kernels.conv3x3_sparse_grad visits only the pixels that get a gradient from
     the max-pooling SPP head), over whole training steps.
 
     python benchmarks/rejected.py [--no-compile]
@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sppnet.runtime import keep_freed_memory
-from sppnet import models
-from sppnet.models import build_model, max_pool_2x2
+from sppnet import kernels
+from sppnet.kernels import max_pool_2x2
+from sppnet.models import build_model
 
 CL = torch.channels_last
 LAYERS = [(3, 16, 180), (16, 32, 90), (32, 64, 45)]  # the study's conv blocks at 180x180
@@ -157,7 +158,7 @@ def compiled_pool_ratio() -> float:
 
     def block_forward(block, x):
         if block.sparse_grad:
-            x = models.conv3x3_sparse_grad(x, block[0].weight)
+            x = kernels.conv3x3_sparse_grad(x, block[0].weight)
         else:
             x = F.conv2d(x, block[0].weight, None, 1, 1)
         return CompiledPoolBiasReLU.apply(x, block[0].bias)
@@ -313,7 +314,7 @@ def contiguous_input_ratio() -> float:
     model's rescaling writes it channels-last)."""
 
     def alter(model):
-        model._rescale = lambda x: x * (1.0 / 255.0)
+        model.fast_paths = False  # only the rescale reads it after the build
 
     return step_ratio(alter, study_batch().contiguous())  # contiguous, as grid_sample returns
 

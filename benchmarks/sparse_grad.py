@@ -1,4 +1,4 @@
-"""The last conv's backward pass, dense oneDNN kernels against models.conv3x3_sparse_grad.
+"""The last conv's backward pass, dense oneDNN kernels against kernels.conv3x3_sparse_grad.
 
 Runs one training step of the study network (batch 32 at 180x180) with the dense backward,
 keeps the last conv's input, weights and output gradient (the gradient that the max-pooling
@@ -23,7 +23,8 @@ from rejected import CL, dense_last_conv, median_ms  # the sibling script's help
 from sppnet import data
 from sppnet.runtime import keep_freed_memory
 from sppnet.augment import Augment
-from sppnet.models import _Conv3x3SparseGrad, build_model
+from sppnet.kernels import _Conv3x3SparseGrad
+from sppnet.models import build_model
 from sppnet.runs import RunFolder
 from sppnet.sizing import Fixed
 

@@ -36,7 +36,8 @@ from sppnet.errors import ConfigError
 from sppnet.evaluate import to_device_batch
 from sppnet.models import build_model
 from sppnet.sizing import Fixed, Native
-from sppnet.train import autocast_dtype, peak_rss_mb, resolve_device, train_one_epoch
+from sppnet.runtime import autocast_dtype, peak_rss_mb, resolve_device
+from sppnet.train import train_one_epoch
 
 FORWARD_GFLOP = 0.18  # per 180x180 image, conv layers (the dense layers are negligible)
 

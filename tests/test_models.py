@@ -1,7 +1,9 @@
+"""models: the flower CNN family, its registry and its padded-batch contract."""
+
 import pytest
 import torch
 
-from sppnet.models import ConvBlock, build_model, conv3x3_sparse_grad, count_parameters, list_models, max_pool_2x2
+from sppnet.models import ModelSpec, build_model, count_parameters, list_models
 
 
 def pad_batch(images):
@@ -118,167 +120,17 @@ def test_gradients_reach_the_first_conv_through_a_padded_batch():
     assert model.features[0][0].weight.grad.abs().sum() > 0
 
 
-def test_conv_block_adds_the_bias_after_pooling_with_the_same_values_and_gradients():
-    # In float64, so that the two orders' different summation (other kernels) cannot hide or fake
-    # a difference: only a wrong formula could exceed float64's tolerance.
-    torch.manual_seed(0)
-    block = ConvBlock(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.ReLU(inplace=True)).double()
-    with torch.no_grad():
-        block[0].bias.uniform_(-1, 1)
-    x = torch.randn(4, 3, 17, 22, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    results = []
-    for forward in (block.forward, lambda t: torch.nn.Sequential.forward(block, t)):  # ours, conv-with-bias first
-        block.zero_grad()
-        out = forward(x)
-        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
-        results.append((out.detach(), block[0].weight.grad.clone(), block[0].bias.grad.clone()))
-    (out, w_grad, b_grad), (ref_out, ref_w_grad, ref_b_grad) = results
-    assert out.shape == (4, 8, 8, 11)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(w_grad, ref_w_grad)
-    torch.testing.assert_close(b_grad, ref_b_grad)
-    assert block[0].bias.grad.abs().sum() > 0
-
-
 def test_parameter_names_are_those_of_plain_conv_layers():
     keys = set(build_model("spp").state_dict())
     assert {"features.0.0.weight", "features.0.0.bias", "features.2.0.bias"} <= keys
     assert {"features.0.1.weight", "features.0.1.running_mean"} <= set(build_model("spp", batch_norm=True).state_dict())
 
 
-@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (3, 5, 17, 22), (1, 4, 2, 3), (2, 16, 45, 45)])
-def test_max_pool_2x2_equals_max_pool2d_bit_for_bit(fmt, shape):
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
-    x[0, 0, 0, 1] = float("nan")  # max_pool2d propagates NaN; so must the replacement
-    x[-1, -1, -2:, -2:] = 7.0  # a tie
-    got, expected = max_pool_2x2(x), torch.nn.functional.max_pool2d(x, 2)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
-
-
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_inference_path_gives_the_logits_of_the_layers_run_as_declared(batch_norm):
-    torch.manual_seed(0)
-    model = build_model("spp", batch_norm=batch_norm).to(memory_format=torch.channels_last).eval()
-    x = (torch.rand(3, 3, 61, 83) * 255).contiguous(memory_format=torch.channels_last)
-    sizes = torch.tensor([[61, 83], [40, 83], [61, 17]])
-    for s in (None, sizes):
-        with torch.inference_mode():
-            fast = model(x, s)
-        declared = model(x.clone().requires_grad_(), s)  # a gradient to compute: layers as declared
-        assert declared.requires_grad
-        torch.testing.assert_close(fast, declared.detach(), rtol=0, atol=0)
-
-
-def test_a_contiguous_batch_reaches_a_channels_last_first_conv_channels_last():
-    torch.manual_seed(0)
-    model = build_model("spp").to(memory_format=torch.channels_last)
-    x = torch.rand(2, 3, 20, 24) * 255  # contiguous, as grid_sample returns augmented batches
-    seen = []
-    handle = model.features[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    torch.manual_seed(1)  # the same dropout mask for both calls
-    logits = model(x)
-    handle.remove()
-    assert seen[0].is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(seen[0], x / 255)
-    torch.manual_seed(1)
-    torch.testing.assert_close(logits, model(x.contiguous(memory_format=torch.channels_last)))
-    # An input that needs its own gradient keeps autograd's plain path (no out= argument).
-    y = x.clone().requires_grad_()
-    model(y).sum().backward()
-    assert y.grad is not None and y.grad.shape == y.shape
-
-
-def dense_conv_grads(x, weight, grad):
-    x = x.detach().requires_grad_()
-    weight = weight.detach().requires_grad_()
-    torch.nn.functional.conv2d(x, weight, None, 1, 1).backward(grad)
-    return x.grad, weight.grad
-
-
-@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("density", [0.0, 0.02, 0.2, 0.9])  # 0.9: more than a third of the pixels, dense path
-def test_sparse_grad_conv_matches_the_dense_gradients(fmt, density):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 7, 9, dtype=torch.float64, generator=gen).contiguous(memory_format=fmt)
-    weight = torch.randn(5, 4, 3, 3, dtype=torch.float64, generator=gen).contiguous(memory_format=fmt)
-    grad = torch.randn(3, 5, 7, 9, dtype=torch.float64, generator=gen)
-    grad *= torch.rand(grad.shape, generator=gen) < density
-    grad[0, 1, 0, 0], grad[2, 4, 6, 8], grad[1, 0, 0, 8], grad[1, 3, 6, 0] = 1.5, -2.0, 0.5, 3.0  # corners
-    grad = grad.contiguous(memory_format=fmt)
-    xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
-    out = conv3x3_sparse_grad(xs, ws)
-    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, weight, None, 1, 1))
-    out.backward(grad)
-    expected_x, expected_w = dense_conv_grads(x, weight, grad)
-    torch.testing.assert_close(xs.grad, expected_x)
-    torch.testing.assert_close(ws.grad, expected_w)
-
-
-def test_sparse_grad_conv_computes_only_the_gradients_asked_for():
-    x = torch.randn(2, 3, 6, 6)
-    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
-    grad = torch.zeros(2, 4, 6, 6)
-    grad[1, 2, 3, 4] = 1.0
-    conv3x3_sparse_grad(x, weight).backward(grad)
-    assert x.grad is None
-    torch.testing.assert_close(weight.grad, dense_conv_grads(x, weight, grad)[1])
-
-
-@pytest.mark.parametrize("x_shape,w_shape", [((2, 3, 6, 6), (4, 3, 5, 5)), ((2, 3, 6, 6), (4, 2, 3, 3)), ((3, 6, 6), (4, 3, 3, 3))])
-def test_sparse_grad_conv_refuses_other_shapes(x_shape, w_shape):
-    with pytest.raises(ValueError, match="needs x"):
-        conv3x3_sparse_grad(torch.randn(x_shape), torch.randn(w_shape))
-
-
-def test_sparse_grad_conv_with_no_gradient_at_all_returns_zeros():
-    x = torch.randn(2, 3, 6, 5, requires_grad=True)
-    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
-    conv3x3_sparse_grad(x, weight).backward(torch.zeros(2, 4, 6, 5))
-    assert x.grad.shape == x.shape and weight.grad.shape == weight.shape
-    assert not x.grad.any() and not weight.grad.any()
-
-
-@pytest.mark.parametrize(
-    "name,kwargs,expected",
-    [("spp", {}, True), ("spp", dict(pool="avg"), False), ("spp", dict(batch_norm=True), False), ("gap", {}, False),
-     ("flatten", {}, False)],
-)
-def test_only_the_block_feeding_a_max_spp_head_uses_sparse_gradients(name, kwargs, expected):
-    model = build_model(name, **kwargs)
-    assert [block.sparse_grad for block in model.features] == [False, False, expected]
-
-
-@pytest.mark.parametrize("padded", [False, True])
-def test_training_gradients_with_sparse_gradients_equal_the_dense_ones(padded):
-    torch.manual_seed(0)
-    model = build_model("spp").double().to(memory_format=torch.channels_last)
-    dense = build_model("spp").double().to(memory_format=torch.channels_last)
-    dense.load_state_dict(model.state_dict())
-    dense.features[-1].sparse_grad = False
-    x = (torch.rand(3, 3, 180, 200, dtype=torch.float64) * 255).contiguous(memory_format=torch.channels_last)
-    sizes = torch.tensor([[180, 200], [150, 200], [180, 111]]) if padded else None
-    # The conv map's gradient (seen entering the dense model's last pooling layer) reaches
-    # fewer than a third of its pixels, so the sparse model takes the sparse path.
-    grads, fractions = [], []
-
-    def pixels_with_gradient(pool, args):
-        args[0].register_hook(lambda g: fractions.append(float(g.ne(0).any(1).float().mean())))
-
-    hook = dense.features[-1][1].register_forward_pre_hook(pixels_with_gradient)
-    for net in (model, dense):
-        torch.manual_seed(1)  # the same dropout mask
-        torch.nn.functional.cross_entropy(net(x, sizes), torch.tensor([0, 1, 2])).backward()
-        grads.append({k: p.grad for k, p in net.named_parameters()})
-    hook.remove()
-    assert 0 < fractions[0] < 1 / 3
-    assert grads[0].keys() == grads[1].keys()
-    for key in grads[0]:
-        torch.testing.assert_close(grads[0][key], grads[1][key], msg=key)
-    assert grads[0]["features.2.0.weight"].abs().sum() > 0
-
-
-def test_sparse_gradients_are_refused_for_another_conv_geometry():
-    with pytest.raises(ValueError, match="sparse_grad needs a 3x3 conv with stride 1 and padding 1"):
-        ConvBlock(torch.nn.Conv2d(3, 4, 5, padding=2), torch.nn.MaxPool2d(2), torch.nn.ReLU(), sparse_grad=True)
+def test_model_spec_round_trips_and_knows_the_stride():
+    model = build_model("spp", num_classes=3, widths=(4, 8, 16, 32), levels=(1, 2))
+    spec = ModelSpec.from_dict(model.config)
+    assert spec.to_dict() == model.config and spec.stride == 16 == model.stride
+    rebuilt = spec.build()
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
+    with pytest.raises(ValueError, match="needs a 'name'"):
+        ModelSpec.from_dict({"widths": [4]})

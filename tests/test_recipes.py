@@ -1,4 +1,4 @@
-"""Training recipes beyond the study: presets, schedules, batch norm, hold-out tuning, mirror views."""
+"""Training recipes beyond the study: schedules, batch norm, hold-out tuning, mirror views, compare."""
 
 import json
 import math
@@ -13,7 +13,8 @@ from sppnet.evaluate import mirror, predict_batches
 from sppnet.models import build_model
 from sppnet.runs import RunFolder
 from sppnet.sizing import Native
-from sppnet.train import PRESETS, TrainConfig, learning_rate, make_optimizer
+from sppnet.config import TrainConfig
+from sppnet.train import learning_rate, make_optimizer
 
 from conftest import make_dataset
 
@@ -23,39 +24,6 @@ FAST = ["--batch-size", "8", "--epochs", "1"]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data") / "ds", {"amber": 14, "jade": 12, "sky": 10}, size=(48, 36), vary=True)
-
-
-def test_study_preset_is_the_plain_config():
-    assert TrainConfig.from_preset("study") == TrainConfig()
-
-
-def test_preset_values_and_explicit_overrides():
-    config = TrainConfig.from_preset("study-plus", lr=5e-4, out="x")
-    assert config.schedule == "cosine" and config.policy == {"kind": "native", "size": 180}
-    assert config.lr == 5e-4 and config.preset == "study-plus" and config.out == "x"
-    assert config.widths == (16, 32, 64) and config.epochs == 20  # the study's network and budget
-    best = TrainConfig.from_preset("best")
-    assert best.batch_norm and best.widths == tuple(PRESETS["best"]["widths"])
-    assert best.epochs == 50 and TrainConfig.from_preset("best", epochs=3).epochs == 3
-    best.validate()
-
-
-def test_unknown_preset_and_bad_recipe_values_are_refused():
-    with pytest.raises(ConfigError, match="unknown --preset 'fast'.*study-plus"):
-        TrainConfig.from_preset("fast")
-    with pytest.raises(ConfigError, match="unknown training option.*: lr_max"):
-        TrainConfig.from_preset("study", lr_max=1.0)
-    for field, value, match in [
-        ("schedule", "linear", "--schedule must be one of constant, cosine"),
-        ("label_smoothing", 1.5, "--label-smoothing must be a number in"),
-        ("weight_decay", -1.0, "--weight-decay must be a number in"),
-        ("holdout", 1.0, "--holdout must be a number in"),
-        ("rotation", 0.7, "--rotation must be a number in"),
-        ("warmup_epochs", -1, "--warmup-epochs must be an integer >= 0"),
-        ("split_seed", -3, "--split-seed must be an integer >= 0"),
-    ]:
-        with pytest.raises(ConfigError, match=match):
-            TrainConfig(**{field: value}).validate()
 
 
 def test_learning_rate_schedules():

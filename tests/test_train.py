@@ -18,7 +18,8 @@ from sppnet.cli import main
 from sppnet.evaluate import expected_calibration_error, summarize_predictions
 from sppnet.predict import Predictor
 from sppnet.runs import RunFolder
-from sppnet.train import Reporter, TrainConfig, train
+from sppnet.config import TrainConfig
+from sppnet.train import Reporter, train
 
 from conftest import history_without_seconds, make_dataset, write_image
 
@@ -35,6 +36,17 @@ def trained_run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     assert main(["train", str(dataset), "--out", str(out), "--epochs", "2", *FAST]) == 0
     return out
+
+
+def test_train_never_changes_the_configuration_it_is_given(dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(dataset.parent)
+    config = TrainConfig(data=dataset.name, out=str(tmp_path / "run"), epochs=None, limit=8, batch_size=8,
+                         policy={"kind": "fixed", "size": 32})
+    before = TrainConfig.from_dict(config.to_dict())
+    train(config)
+    assert config == before  # relative data, epochs None: as given
+    stored = RunFolder(tmp_path / "run").run_config().train
+    assert stored.epochs == 20 and Path(stored.data).is_absolute()
 
 
 def test_run_folder_is_complete(trained_run, dataset):

@@ -116,6 +116,15 @@ class SizePolicy:
     def to_config(self) -> dict:
         raise NotImplementedError
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SizePolicy) and self.to_config() == other.to_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.to_config().items())))
+
+    def __repr__(self) -> str:
+        return f"<SizePolicy {self.describe()}>"
+
     def index_batches(self, store: ImageStore, batch_size: int, epoch: int = 0, seed: int = 0,
                       shuffle: bool = True) -> list[torch.Tensor]:
         """The store indices of each (global) batch of one epoch, in order (none for an empty store)."""
