@@ -1,13 +1,6 @@
 """data.decode: any image file to upright RGB uint8, bad files reported, not raised."""
 
-import hashlib
-import http.server
-import io
-import json
 import logging
-import tarfile
-import threading
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sppnet import data
-from sppnet.data import DataError, ImageStore, decode_image, extract_archive, load_images, locate, scan, split
+from sppnet.data import DataError, decode_image, load_images
 
 from conftest import write_image
 

@@ -1,23 +1,17 @@
 """data.index: scanning in Keras' order, the Keras-compatible split, the real flower archive."""
 
 import hashlib
-import http.server
-import io
 import json
-import logging
-import tarfile
-import threading
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sppnet import data
-from sppnet.data import DataError, ImageStore, decode_image, extract_archive, load_images, locate, scan, split
+from sppnet import data as data_mod
+from sppnet.data import DataError, decode_image, load_images, scan, split
 
-from conftest import write_image
+from conftest import make_dataset, write_image
 
 HERE = Path(__file__).resolve().parent
 
@@ -101,3 +95,20 @@ def test_flowers_sample_decodes(flowers_root):
         assert image.shape == (180, 180, 3) and image.dtype == np.uint8 and image.std() > 5
     full = decode_image(sample[0])
     assert full.mode == "RGB" and full.size == data.image_size(sample[0])
+
+
+RECIPE_FAST = ["--batch-size", "8", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def recipe_dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds", {"amber": 14, "jade": 12, "sky": 10}, size=(48, 36), vary=True)
+
+
+def test_holdout_tunes_on_training_files_only(recipe_dataset):
+    ds = data_mod.scan(recipe_dataset)
+    train, val = data_mod.run_split(ds, 0.2, 123)
+    tune_train, tune_val = data_mod.run_split(ds, 0.2, 123, holdout=0.25)
+    assert set(tune_train.paths()) | set(tune_val.paths()) == set(train.paths())
+    assert not set(tune_val.paths()) & set(val.paths()) and not set(tune_val.paths()) & set(tune_train.paths())
+    assert len(tune_val) == int(0.25 * len(train))

@@ -3,22 +3,17 @@
 import hashlib
 import http.server
 import io
-import json
-import logging
 import tarfile
 import threading
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from sppnet import data
 from sppnet.data import sources
-from sppnet.data import DataError, ImageStore, decode_image, extract_archive, load_images, locate, scan, split
+from sppnet.data import DataError, extract_archive, locate, scan
 
-from conftest import write_image
 
 HERE = Path(__file__).resolve().parent
 

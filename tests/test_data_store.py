@@ -1,25 +1,16 @@
 """data.store: the image store in memory or memory-mapped, its placement and size estimate."""
 
-import hashlib
-import http.server
-import io
-import json
-import logging
-import tarfile
-import threading
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sppnet import data
 from sppnet.errors import ConfigError
 from sppnet.data import store as store_mod
 from sppnet.sizing import Fixed
-from sppnet.data import DataError, ImageStore, decode_image, extract_archive, load_images, locate, scan, split
+from sppnet.data import ImageStore, load_images, scan
 
 from conftest import write_image
 

@@ -134,3 +134,23 @@ def test_model_spec_round_trips_and_knows_the_stride():
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
     with pytest.raises(ValueError, match="needs a 'name'"):
         ModelSpec.from_dict({"widths": [4]})
+
+
+def test_batch_norm_model_gives_each_image_of_a_padded_batch_its_own_logits():
+    torch.manual_seed(0)
+    model = build_model("spp", widths=(8, 16, 16, 32), batch_norm=True).eval()
+    for m in model.modules():  # non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(-1, 1)
+    images = [torch.rand(3, 37, 50) * 255, torch.rand(3, 64, 33) * 255]
+    padded = torch.zeros(2, 3, 64, 50)
+    for k, im in enumerate(images):
+        padded[k, :, : im.shape[1], : im.shape[2]] = im
+    sizes = torch.tensor([im.shape[1:] for im in images])
+    with torch.no_grad():
+        together = model(padded, sizes)
+        alone = torch.cat([model(im[None]) for im in images])
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+    assert not any(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))

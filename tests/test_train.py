@@ -1,6 +1,7 @@
 """The main job end to end on tiny generated datasets: train, resume, evaluate, predict."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -14,12 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sppnet import data as data_mod
 from sppnet.cli import main
+from sppnet.errors import ConfigError
+from sppnet.models import build_model
 from sppnet.evaluate import expected_calibration_error, summarize_predictions
 from sppnet.predict import Predictor
 from sppnet.runs import RunFolder
 from sppnet.config import TrainConfig
-from sppnet.train import Reporter, train
+from sppnet.train import Reporter, learning_rate, make_optimizer, train
 
 from conftest import history_without_seconds, make_dataset, write_image
 
@@ -390,3 +394,77 @@ def test_run_made_from_a_relative_path_evaluates_from_elsewhere(dataset, tmp_pat
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 6
+
+
+RECIPE_FAST = ["--batch-size", "8", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def recipe_dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds", {"amber": 14, "jade": 12, "sky": 10}, size=(48, 36), vary=True)
+
+
+def test_learning_rate_schedules():
+    config = TrainConfig(lr=1e-3, epochs=10)
+    assert [learning_rate(config, s, 100) for s in (0, 50, 99)] == [1e-3] * 3
+    cosine = TrainConfig(lr=1e-3, epochs=10, schedule="cosine", warmup_epochs=2)
+    rates = [learning_rate(cosine, s, 100) for s in range(100)]
+    assert rates[:20] == pytest.approx([1e-3 * (s + 1) / 20 for s in range(20)])  # linear warm-up
+    assert rates[20] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[20:], rates[21:]))  # then decreasing
+    assert rates[-1] < 1e-5
+    assert rates[60] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 40 / 80)))
+
+
+def test_weight_decay_spares_biases_and_norms():
+    model = build_model("spp", batch_norm=True)
+    assert isinstance(make_optimizer(model, TrainConfig()), torch.optim.Adam)
+    optimizer = make_optimizer(model, TrainConfig(weight_decay=0.05))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decayed, spared = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and spared["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in spared["params"])
+    assert len(decayed["params"]) + len(spared["params"]) == len(list(model.parameters()))
+
+
+def test_preset_run_through_the_cli_with_holdout(recipe_dataset, tmp_path, capsys):
+    out = tmp_path / "plus"
+    assert main(["train", str(recipe_dataset), "--preset", "best", "--native", "32", "--widths", "8,16,16,16",
+                 "--holdout", "0.25", "--split-seed", "7", "--out", str(out), *RECIPE_FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "held out from the training split" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["preset"] == "best" and config["train"]["batch_norm"] is True
+    assert config["train"]["widths"] == [8, 16, 16, 16] and config["train"]["epochs"] == 1
+    assert config["data"]["holdout"] == 0.25 and config["data"]["seed"] == 7 and config["train"]["seed"] == 123
+    # evaluate validates on the run's own held-out files, with the mirror view the run used
+    assert main(["evaluate", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ds = data_mod.scan(recipe_dataset)
+    assert result["count"] == len(data_mod.run_split(ds, 0.2, 7, 0.25)[1])
+    assert result["view"].endswith("with mirror images")
+    # a run's recipe survives --resume
+    assert main(["train", str(recipe_dataset), "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert [r["epoch"] for r in RunFolder(out).read_history()] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["train"]["schedule"] == "cosine"
+
+
+def test_bad_preset_on_the_command_line_gets_one_line(recipe_dataset, tmp_path, capsys):
+    assert main(["train", str(recipe_dataset), "--preset", "fastest", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown --preset 'fastest'" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bf16_precision_trains_and_records_peak_memory(recipe_dataset, tmp_path):
+    out = tmp_path / "bf16"
+    assert main(["train", str(recipe_dataset), "--size", "32", "--precision", "bf16", "--out", str(out), *RECIPE_FAST]) == 0
+    history = RunFolder(out).read_history()
+    assert all(math.isfinite(history[-1][k]) for k in ("loss", "val_loss"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["peak_rss_mb"] > 50
+    assert json.loads((out / "config.json").read_text())["train"]["precision"] == "bf16"
+    weights = RunFolder(out).load_weights("last")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # autocast leaves the weights fp32
+    with pytest.raises(ConfigError, match="--precision must be one of fp32, bf16"):
+        TrainConfig(precision="fp16").validate()

@@ -15,18 +15,21 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_fields(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field marked for the command line, with the field's help and
-    default (every option defaults to None: only what is given overrides the preset)."""
-    from ..config import SECTIONS, TrainConfig, cli_fields
+def _add_config_fields(groups: dict[str, argparse._ArgumentGroup]) -> None:
+    """One option per TrainConfig field marked for the command line, in its section's group, with
+    the field's help and default (every option defaults to None: only what is given overrides the
+    preset)."""
+    from ..config import TrainConfig, cli_fields
 
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
-    groups = {section: parser.add_argument_group(f"{section} options") for section in SECTIONS}
     for f in cli_fields():
         hint = hints[f.name]
         default = getattr(defaults, f.name)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
+        else:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         help = f"{f.metadata['help']} (default {shown})"
         group = groups[f.metadata["section"]]
         if hint is bool:
@@ -56,17 +59,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "  sppnet train flowers --model flatten --out runs/flatten"
         ),
     )
+    from ..config import SECTIONS
+
     parser.add_argument("data", metavar="DATA", help="folder of class subfolders, archive (.tgz/.tar.gz/.tar/.zip) or 'flowers'")
-    parser.add_argument("--out", default=None, help="run folder (default runs/MODEL, or runs/PRESET)")
-    sizes = parser.add_argument_group("sizes options").add_mutually_exclusive_group()
+    groups = {section: parser.add_argument_group(f"{section} options") for section in SECTIONS}
+    sizes = groups["sizes"].add_mutually_exclusive_group()
     sizes.add_argument("--size", type=int, help="warp images to SIZE x SIZE (default 180)")
     sizes.add_argument("--sizes", help="multi-size training, one size per epoch, e.g. 180,224")
     sizes.add_argument("--size-range", help="a size drawn per epoch from LOW:HIGH, e.g. 180:224")
     sizes.add_argument("--native", type=int, help="keep aspect ratios, shorter side NATIVE, padded batches")
-    _add_config_fields(parser)
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
-    parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend under torchrun (default: gloo on CPU, nccl on CUDA)")
-    parser.add_argument("--store-dir", metavar="DIR",
+    _add_config_fields(groups)
+    run_group = groups["run"]
+    run_group.add_argument("--out", default=None, help="run folder (default runs/MODEL, or runs/PRESET)")
+    run_group.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    run_group.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend under torchrun (default: gloo on CPU, nccl on CUDA)")
+    run_group.add_argument("--store-dir", metavar="DIR",
                         help="decode the images into memory-mapped files in DIR instead of memory, for datasets "
                              "larger than memory (the files are removed once mapped; default: memory, or the run "
                              "folder when the decoded images would not fit in the memory available)")
