@@ -102,3 +102,28 @@ def test_save_epoch_writes_everything_and_state_last(tmp_path, monkeypatch):
     assert metrics["best"]["epoch"] == 1 and metrics["skipped_files"] == ["x.jpg: broken"]
     assert run.load_state()["epoch"] == 1 and run.file("curves.png").is_file()
     assert set(run.load_weights("best")) == set(model.state_dict())
+
+
+def test_resume_restores_the_last_finished_epoch_and_ignores_later_rows(tmp_path):
+    torch.manual_seed(0)
+    run = RunFolder(tmp_path / "r")
+    model = build_model("gap", num_classes=2, widths=(4,), hidden=4)
+    optimizer = torch.optim.Adam(model.parameters())
+    fresh = run.resume(model, optimizer)
+    assert fresh.epoch == 0 and fresh.history == [] and fresh.best["epoch"] == 0
+    rows = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": v, "seconds": 1.0}
+            for e, v in ((1, 0.6), (2, 0.5))]
+    best = {"epoch": 0, "val_accuracy": -1.0}
+    for e in (1, 2):
+        model(torch.rand(2, 3, 8, 8) * 255).sum().backward()
+        optimizer.step()
+        run.save_epoch(model, optimizer, rows[:e], {}, best, [], [])
+    run.write_history(rows + [{**rows[1], "epoch": 3}])  # a row written after the last state.pt
+    other = build_model("gap", num_classes=2, widths=(4,), hidden=4)
+    other_opt = torch.optim.Adam(other.parameters())
+    checkpoint = run.resume(other, other_opt)
+    assert checkpoint.epoch == 2 and [r["epoch"] for r in checkpoint.history] == [1, 2]
+    assert checkpoint.best == {"epoch": 1, "val_accuracy": 0.6}
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert other_opt.state_dict()["state"][0]["step"] == 2

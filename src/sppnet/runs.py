@@ -49,12 +49,21 @@ from .sizing import SizePolicy, policy_from_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunFolder", "RunConfig", "SplitRecord", "HISTORY_FIELDS", "SCHEMA_VERSION", "atomic_write_bytes"]
+__all__ = ["RunFolder", "RunConfig", "Checkpoint", "SplitRecord", "HISTORY_FIELDS", "SCHEMA_VERSION", "atomic_write_bytes"]
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 #: The version of config.json's layout this code writes. 0: sppnet 0.x (no ``schema`` key).
 SCHEMA_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """Where a run stands: finished epochs, their history rows and the best epoch so far."""
+
+    epoch: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    best: dict = dataclasses.field(default_factory=lambda: {"epoch": 0, "val_accuracy": -1.0})
 
 
 @dataclass(frozen=True)
@@ -355,6 +364,19 @@ class RunFolder:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(self.file("state.pt"), buffer.getvalue())
+
+    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Checkpoint:
+        """Loads the last finished epoch's model and optimizer states into ``model`` and
+        ``optimizer`` and returns where the run stands; a fresh :class:`Checkpoint` when no epoch
+        was finished (no ``state.pt``)."""
+        if not self.file("state.pt").is_file():
+            return Checkpoint()
+        state = self.load_state()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch = int(state["epoch"])
+        best = {"epoch": int(state["best_epoch"]), "val_accuracy": float(state["best_val_accuracy"])}
+        return Checkpoint(epoch, self.read_history()[:epoch], best)
 
     def load_state(self) -> dict:
         path = self.file("state.pt")

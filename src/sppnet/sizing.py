@@ -70,7 +70,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def _check_size(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 8:
-        raise ConfigError(f"{what} must be an integer >= 8 (the network's stride), got {value!r}")
+        raise ConfigError(f"{what} must be an integer >= 8, got {value!r}")
     return value
 
 

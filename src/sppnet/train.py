@@ -1,8 +1,9 @@
-"""Training: the configuration, the epoch loop, checkpoints and resuming.
+"""Training: the epoch loop, the learning-rate schedule and the optimiser.
 
-``train(TrainConfig(...))`` decodes the data once into memory, builds the model, and runs
-``train_one_epoch`` and a validation pass per epoch, writing the run folder as it goes (see
-:mod:`sppnet.runs`). The loop does not know about image sizes: the size policy hands it batches.
+``train(TrainConfig(...))`` decodes the data once (:func:`sppnet.data.build_store`), builds the
+model from the configuration's model spec, and runs ``train_one_epoch`` and a validation pass
+per epoch, writing the run folder and its checkpoints through :mod:`sppnet.runs` as it goes. The
+loop does not know about image sizes: the size policy hands it batches.
 
 Reproducibility: every random draw of epoch ``e`` (shuffle, augmentation, dropout) comes from
 generators seeded with ``(seed, e)``, so the same seed gives the same numbers on the CPU, and a
@@ -32,7 +33,7 @@ from .distributed import shutdown as dist_shutdown
 from .errors import DataError
 from .evaluate import predict_batches, summarize_predictions, to_device_batch
 from .models import count_parameters
-from .runs import RunConfig, RunFolder
+from .runs import Checkpoint, RunConfig, RunFolder
 from .sizing import SizePolicy, epoch_generator
 
 log = logging.getLogger(__name__)
@@ -283,21 +284,13 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     augment = Augment(rotation=config.rotation, zoom=config.zoom) if config.augment else None
-    history: list[dict] = []
-    best = {"epoch": 0, "val_accuracy": -1.0}
-    start_epoch = 0
-    if resume and not run.file("state.pt").is_file():
+    checkpoint = run.resume(model, optimizer) if resume else Checkpoint()
+    start_epoch, history, best = checkpoint.epoch, checkpoint.history, checkpoint.best
+    if resume and start_epoch == 0:
         # Killed before the first epoch was finished: nothing to continue, start in place.
         reporter.message(f"{run.path}: no finished epoch to resume; starting from epoch 1")
-    elif resume:
-        state = run.load_state()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
-        history = run.read_history()[:start_epoch]
-        best = {"epoch": int(state["best_epoch"]), "val_accuracy": float(state["best_val_accuracy"])}
-        if start_epoch >= config.epochs:
-            reporter.message(f"{run.path}: already trained for {start_epoch} epochs (asked for {config.epochs})")
+    elif start_epoch >= config.epochs:
+        reporter.message(f"{run.path}: already trained for {start_epoch} epochs (asked for {config.epochs})")
     if ctx.is_main:
         run.write_run_config(RunConfig.create(config, model.config, data.class_names, data.root))
     reporter.message(
