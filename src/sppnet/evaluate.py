@@ -32,7 +32,7 @@ from .sizing import Batch, Fixed, Native
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "predict_batches", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch",
+    "class_probabilities", "predict_batches", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch",
     "evaluate_run",
 ]
 
@@ -57,6 +57,20 @@ def mirror(images: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Ten
     return torch.gather(images, -1, index)
 
 
+def class_probabilities(model: torch.nn.Module, images: torch.Tensor, sizes: torch.Tensor | None = None,
+                        flip: bool = False) -> torch.Tensor:
+    """The model's softmax (float32) for a batch; with ``flip``, averaged with the softmax of the
+    mirror images (each padded image mirrored within its own width).
+
+    Shape:
+        images: (N, 3, H, W); sizes: (N, 2) or None; output: (N, classes).
+    """
+    probs = torch.softmax(model(images, sizes).float(), dim=1)
+    if flip:
+        probs = 0.5 * (probs + torch.softmax(model(mirror(images, sizes), sizes).float(), dim=1))
+    return probs
+
+
 @torch.inference_mode()
 def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
                     flip: bool = False, amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,9 +90,7 @@ def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: to
         for batch in batches:
             images, sizes, y = to_device_batch(batch, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                p = torch.softmax(model(images, sizes).float(), dim=1)
-                if flip:
-                    p = 0.5 * (p + torch.softmax(model(mirror(images, sizes), sizes).float(), dim=1))
+                p = class_probabilities(model, images, sizes, flip)
             probs.append(p.cpu())
             labels.append(batch.labels)
             indices.append(batch.indices)

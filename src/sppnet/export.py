@@ -193,7 +193,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
         with _exporter_warnings_quiet():
             traced = torch.jit.trace(_WithProbabilities(model), torch.rand(2, 3, size, size) * 255)
         extra = {"sppnet.json": json.dumps({"input_size": size, "model": getattr(model, "config", {}), "sppnet_version": __version__})}
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, _exporter_warnings_quiet():
             torch.jit.save(traced, str(tmp), _extra_files=extra)
     except Exception as err:
         raise ExportError(f"TorchScript export to {path} failed: {type(err).__name__}: {err}") from err

@@ -25,7 +25,7 @@ from PIL import Image
 from . import runtime
 from .data import ImageStore, decode_image, decode_many, expand_images
 from .errors import ConfigError, DataError, ExportError
-from .evaluate import mirror
+from .evaluate import class_probabilities
 from .models import ModelSpec
 from .runs import RunFolder
 from .sizing import Native
@@ -142,10 +142,7 @@ class Predictor:
         """Class probabilities (N, classes) of prepared images; ``sizes`` (N, 2): the valid
         (height, width) of each image of a zero-padded batch."""
         x = x.to(self.device)
-        args = () if sizes is None else (sizes.to(self.device),)
-        probs = torch.softmax(self.model(x, *args).float(), dim=1)
-        if self.flip:
-            probs = 0.5 * (probs + torch.softmax(self.model(mirror(x, sizes), *args).float(), dim=1))
+        probs = class_probabilities(self.model, x, None if sizes is None else sizes.to(self.device), self.flip)
         return probs.cpu()
 
     def _prediction(self, source: str, probs: torch.Tensor, height: int, width: int) -> Prediction:
