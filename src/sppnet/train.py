@@ -352,7 +352,7 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
 
 
 _MOVED = {
-    "TrainConfig": ("config", "TrainConfig"), "PRESETS": ("config", "PRESETS"), "SCHEDULES": ("config", "SCHEDULES"),
+    "PRESETS": ("config", "PRESETS"), "SCHEDULES": ("config", "SCHEDULES"),
     "DEFAULT_EPOCHS": ("config", "DEFAULT_EPOCHS"), "PRECISIONS": ("config", "PRECISIONS"),
     "resolve_device": ("runtime", "resolve_device"), "autocast_dtype": ("runtime", "autocast_dtype"),
     "peak_rss_mb": ("runtime", "peak_rss_mb"), "check_store_dir": ("data", "check_store_dir"),
