@@ -19,3 +19,7 @@ class DataError(SppnetError):
 
 class ExportError(SppnetError):
     """An export failed, its check found a difference, or an exported file cannot be used."""
+
+
+class WriteError(SppnetError):
+    """A file cannot be written there: the folder is a file, read-only, or the disk is full."""

@@ -85,6 +85,10 @@ class Predictor:
         self.model = model.eval()
         self.flip = bool(flip)
         self.class_names = list(class_names)
+        classifier = getattr(model, "classifier", None)
+        outputs = getattr(classifier[-1], "out_features", None) if isinstance(classifier, torch.nn.Sequential) else None
+        if outputs is not None and outputs != len(self.class_names):
+            raise ConfigError(f"{len(self.class_names)} class names for a model with {outputs} outputs")
         self.device = torch.device(device)
         self.train_size = int(train_size)
         self.stride = int(getattr(model, "stride", 8))
@@ -146,6 +150,9 @@ class Predictor:
         return probs.cpu()
 
     def _prediction(self, source: str, probs: torch.Tensor, height: int, width: int) -> Prediction:
+        if not bool(torch.isfinite(probs).all()):
+            raise DataError(f"{source}: the model's output is not a number (NaN or infinite); its weights are "
+                            "damaged or the run diverged")
         best = int(probs.argmax())
         return Prediction(
             source=source,
@@ -243,8 +250,20 @@ class OnnxModel(torch.nn.Module):
             self.class_names = json.loads(meta["class_names"])
             self.input_size = int(meta["input_size"])
             self.config = json.loads(meta.get("model", "{}"))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             raise ExportError(f"{path}: not an ONNX model exported by sppnet (metadata missing)") from None
+        if not (isinstance(self.class_names, list) and self.class_names
+                and all(isinstance(n, str) for n in self.class_names)):
+            raise ExportError(f"{path}: its metadata's class_names is not a list of names")
+        if not 1 <= self.input_size <= 100_000 or not isinstance(self.config, dict):
+            raise ExportError(f"{path}: its metadata's input_size or model is not valid")
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        if "logits" not in outputs or [i.name for i in self.session.get_inputs()] != ["image"]:
+            raise ExportError(f"{path}: not an ONNX model exported by sppnet (needs input 'image', output 'logits')")
+        width = outputs["logits"][-1] if outputs["logits"] else None
+        if isinstance(width, int) and width != len(self.class_names):
+            raise ExportError(f"{path}: {len(self.class_names)} class names in its metadata for a model with "
+                              f"{width} outputs")
         try:
             self.stride = ModelSpec.from_dict(self.config).stride
         except ConfigError:

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from ._version import __version__
 from .config import TrainConfig
 from .errors import ConfigError, DataError
-from .files import atomic_path, atomic_write_bytes
+from .files import atomic_path, atomic_write_bytes, check_writable, remove_temporaries
 from .models import ModelSpec, count_parameters
 from .runtime import peak_rss_mb
 from .sizing import SizePolicy, policy_from_config
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 __all__ = ["RunFolder", "RunConfig", "Checkpoint", "SplitRecord", "HISTORY_FIELDS", "SCHEMA_VERSION", "atomic_write_bytes"]
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+
+#: What state.pt holds (written by :meth:`RunFolder.save_epoch`).
+STATE_KEYS = ("model", "optimizer", "epoch", "best_epoch", "best_val_accuracy")
 
 #: The version of config.json's layout this code writes. 0: sppnet 0.x (no ``schema`` key).
 SCHEMA_VERSION = 1
@@ -277,18 +280,19 @@ class RunFolder:
         """Rebuilds the run's model with its ``best`` or ``last`` weights (eval mode)."""
         if weights not in ("best", "last"):
             raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
-        spec = self.run_config().model
+        config = self.run_config()
         try:
-            model = spec.build(fast_paths)
+            model = config.model.build(fast_paths)
         except ConfigError as err:
             raise DataError(f"{self.file('config.json')}: cannot build its model ({err})") from None
-        try:
-            model.load_state_dict(self.load_weights(weights))
-        except RuntimeError as err:
-            raise DataError(
-                f"{self.file(weights + '.safetensors')}: weights do not fit the model in config.json "
-                f"({str(err).splitlines()[0]})"
-            ) from None
+        outputs = model.classifier[-1].out_features
+        if outputs != len(config.class_names):
+            raise DataError(f"{self.file('config.json')}: {len(config.class_names)} class names for a model with "
+                            f"{outputs} outputs")
+        path = self.file(f"{weights}.safetensors")
+        tensors = self.load_weights(weights)
+        _check_weights(tensors, model, path)
+        model.load_state_dict(tensors)
         return model.to(device, memory_format=torch.channels_last).eval()
 
     # checkpoints ------------------------------------------------------------------------------
@@ -307,6 +311,14 @@ class RunFolder:
             raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise ConfigError(f"--out {self.path} exists and is not an empty folder; choose another --out")
+
+    def check_writable(self) -> None:
+        """Checks (creating nothing) that the run folder can be written.
+
+        Raises:
+            WriteError: naming the folder and why not.
+        """
+        check_writable(self.path, f"--out {self.path}")
 
     def save_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, history: list[dict],
                    validation: dict, best: dict, train_rates: list[float], failures: list[tuple[str, str]]) -> None:
@@ -369,14 +381,26 @@ class RunFolder:
         """Loads the last finished epoch's model and optimizer states into ``model`` and
         ``optimizer`` and returns where the run stands; a fresh :class:`Checkpoint` when no epoch
         was finished (no ``state.pt``)."""
+        for path in remove_temporaries(self.path):  # what a killed writer left behind
+            log.info("removed %s, left by an interrupted write", path)
         if not self.file("state.pt").is_file():
             return Checkpoint()
         state = self.load_state()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        path = self.file("state.pt")
+        _check_weights(state["model"], model, path, finite=False)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise DataError(f"{path}: the training state does not fit the run's model and optimiser "
+                            f"({str(err).splitlines()[0][:200]})") from None
         epoch = int(state["epoch"])
+        history = self.read_history()
+        if len(history) < epoch:
+            raise DataError(f"{self.file('history.csv')}: holds {len(history)} epochs but state.pt says {epoch} "
+                            "were finished")
         best = {"epoch": int(state["best_epoch"]), "val_accuracy": float(state["best_val_accuracy"])}
-        return Checkpoint(epoch, self.read_history()[:epoch], best)
+        return Checkpoint(epoch, history[:epoch], best)
 
     def load_state(self) -> dict:
         path = self.file("state.pt")
@@ -384,9 +408,47 @@ class RunFolder:
             raise DataError(f"{path}: missing; nothing to resume (train without --resume to start)")
         try:
             # Tensors, numbers and strings only: never unpickle arbitrary objects.
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for corrupt or hostile files
-            raise DataError(f"{path}: cannot read training state ({type(err).__name__}: {err})") from None
+            # Only the first line: torch goes on to suggest weights_only=False, unsafe advice here.
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise DataError(f"{path}: cannot read training state ({type(err).__name__}: {reason[:200]}); "
+                            "it is not a state.pt written by sppnet, or it is damaged") from None
+        missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise DataError(f"{path}: not a training state written by sppnet (missing {', '.join(missing)})")
+        if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
+            raise DataError(f"{path}: not a training state written by sppnet ('model' and 'optimizer' must be "
+                            "state dicts)")
+        for key in ("epoch", "best_epoch"):
+            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+                raise DataError(f"{path}: {key!r} must be an epoch number, got {state[key]!r}")
+        return state
+
+
+def _check_weights(tensors: dict, model: torch.nn.Module, path: Path, finite: bool = True) -> None:
+    """Checks that ``tensors`` are the weights of ``model``: the same names and shapes, and (with
+    ``finite``) no NaN or infinite value.
+
+    Raises:
+        DataError: naming ``path``, the tensor and what is wrong.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise DataError(f"{path}: weights do not fit the model in config.json ({what}; "
+                        f"{len(missing)} missing, {len(unexpected)} unexpected)")
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise DataError(f"{path}: {key!r} is not a tensor")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise DataError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the model in config.json "
+                            f"needs {tuple(expected[key].shape)}")
+        if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DataError(f"{path}: tensor {key!r} holds NaN or infinite values; the run diverged or the "
+                            "file is damaged")
 
 
 def _fmt(value: Any) -> str:

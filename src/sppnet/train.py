@@ -253,8 +253,10 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
     if Path(config.data).expanduser().exists():
         # Stored absolute, so evaluate and --resume work from any folder.
         config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()))
+    device = runtime.resolve_device(config.device)
+    run.check_writable()
     runtime.configure()
-    ctx, device = dist_init(runtime.resolve_device(config.device), backend)
+    ctx, device = dist_init(device, backend)
     try:
         return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored, store_dir)
     finally:

@@ -109,8 +109,12 @@ def decode_image(
         raise DataError(f"{path}: not an image (or a format sppnet cannot read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{path}: image too large (possible decompression bomb)") from None
+    except MemoryError:
+        raise DataError(f"{path}: image too large to decode in the memory available") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError) as err:
         raise DataError(f"{path}: cannot decode image ({err})") from None
+    except Exception as err:  # Pillow's plugins raise many types for broken files: all are bad files
+        raise DataError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
 
 
 @dataclass
@@ -206,7 +210,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             return upright_size(img)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image (or a format sppnet cannot read)") from None
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: image too large (possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot read image header ({err})") from None
+    except Exception as err:  # Pillow's plugins raise many types for broken files: all are bad files
+        raise DataError(f"{path}: cannot read image header ({type(err).__name__}: {err})") from None

@@ -7,6 +7,7 @@ makes the same training/validation split as Keras' ``image_dataset_from_director
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,19 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "Dataset", "is_image_name", "scan", "split", "run_split", "expand_images"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "MAX_DEPTH", "Dataset", "is_image_name", "walk_images", "scan", "split", "run_split",
+    "expand_images",
+]
 
 #: File endings read as images (any case). Keras reads the same, without webp.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+#: Folders more than this many levels below a class folder (or a folder given to predict) are not
+#: searched: a bound on the walk, so that a pathological tree cannot exhaust the stack or the time.
+MAX_DEPTH = 32
 
 @dataclass
 class Dataset:
@@ -56,6 +66,45 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def walk_images(folder: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[tuple[str, list[str]]]:
+    """The image files under ``folder``, folder by folder: ``(folder path, sorted image names)``
+    for ``folder`` and each non-hidden subfolder down to ``max_depth`` levels, sorted by path.
+
+    Iterative (no recursion, whatever the depth); symbolic links to folders are listed but not
+    followed, as ``os.walk`` does. Deeper folders and unreadable ones are skipped with a warning.
+    """
+    found: list[tuple[str, list[str]]] = []
+    too_deep: list[str] = []
+    stack = [(os.fspath(folder), 0)]
+    while stack:
+        path, depth = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as err:
+            log.warning("%s: cannot list this folder (%s); skipped", path, err.strerror or err)
+            continue
+        names = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if is_image_name(entry.name):
+                    names.append(entry.name)
+            elif not entry.name.startswith(".") and not entry.is_symlink():
+                if depth < max_depth:
+                    stack.append((os.path.join(path, entry.name), depth + 1))
+                else:
+                    too_deep.append(os.path.join(path, entry.name))
+        found.append((path, sorted(names)))
+    if too_deep:
+        log.warning("%s: %d folder(s) more than %d levels deep were not searched (e.g. %s)",
+                    folder, len(too_deep), max_depth, too_deep[0][:200])
+    return sorted(found, key=lambda item: item[0])
+
+
 def scan(root: str | os.PathLike) -> Dataset:
     """Lists the images of a folder of class subfolders in Keras' order.
 
@@ -74,11 +123,7 @@ def scan(root: str | os.PathLike) -> Dataset:
         raise DataError(f"{root}: no class subfolders; expected {root}/<class name>/<image files>")
     files, labels = [], []
     for label, name in enumerate(class_names):
-        walked = []
-        for dirpath, dirnames, filenames in os.walk(root / name):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            walked.append((dirpath, sorted(f for f in filenames if is_image_name(f))))
-        for dirpath, names in sorted(walked, key=lambda item: item[0]):
+        for dirpath, names in walk_images(root / name):
             rel_dir = Path(dirpath).relative_to(root).as_posix()
             files += [f"{rel_dir}/{f}" for f in names]
             labels += [label] * len(names)
@@ -123,11 +168,12 @@ def run_split(dataset: Dataset, val_split: float = 0.2, seed: int = 123, holdout
 
 
 def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the image files inside folders (recursively, sorted)."""
+    """Files as given, and the image files inside folders (and their non-hidden subfolders, down
+    to :data:`MAX_DEPTH` levels), sorted."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f.name))
+            out += sorted(Path(folder, name) for folder, names in walk_images(p) for name in names)
         else:
             out.append(p)
     return out

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..files import check_writable
 from .decode import decode_many, image_size, load_images
 from .index import Dataset
 
@@ -299,19 +300,15 @@ def check_store_dir(store_dir: str | os.PathLike | None) -> None:
     """Creates ``store_dir`` if needed and checks that files can be written there.
 
     Raises:
-        ConfigError: it is not a writable folder.
+        ConfigError: it is not a folder. WriteError: it cannot be written.
     """
     if store_dir is None:
         return
     folder = Path(store_dir).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--store-dir {store_dir}: not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ConfigError(f"--store-dir {store_dir}: cannot write there ({err.strerror or err})") from None
+    check_writable(folder, f"--store-dir {store_dir}")
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def build_store(
