@@ -42,6 +42,20 @@ def trained_run(dataset, tmp_path_factory):
     return out
 
 
+def test_resume_refuses_options_and_data_it_cannot_honour(trained_run, dataset, tmp_path, capsys):
+    other = make_dataset(tmp_path / "other", {"amber": 3, "jade": 3, "sky": 3})
+    for args, message in [
+        ([str(dataset), "--lr", "0.5", "--model", "gap"], "with its own options; --lr (0.001 in the run), --model ('spp' "),
+        ([str(dataset), "--native", "40"], "--size/--sizes/--size-range/--native (fixed 32 in the run) cannot change"),
+        ([str(dataset), "--preset", "best"], "--preset (study in the run) cannot change"),
+        ([str(other)], f"was trained on {dataset}, not {other}"),
+    ]:
+        before = {p.name: p.read_bytes() for p in trained_run.iterdir()}
+        code, err = run_cli(["train", *args, "--out", str(trained_run), "--resume"], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert {p.name: p.read_bytes() for p in trained_run.iterdir()} == before
+
+
 def test_train_never_changes_the_configuration_it_is_given(dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(dataset.parent)
     config = TrainConfig(data=dataset.name, out=str(tmp_path / "run"), epochs=None, limit=8, batch_size=8,
@@ -170,12 +184,12 @@ def test_ctrl_c_leaves_a_consistent_run_that_resumes(dataset, tmp_path):
     assert history_without_seconds(config.out) == history_without_seconds(reference.out)
 
 
-def test_resume_can_extend_a_finished_run(trained_run, tmp_path):
+def test_resume_can_extend_a_finished_run(trained_run, dataset, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
-    assert main(["train", "unused-when-resuming", "--out", str(copy), "--resume", "--epochs", "3"]) == 0
+    assert main(["train", str(dataset), "--out", str(copy), "--resume", "--epochs", "3"]) == 0
     assert [r["epoch"] for r in RunFolder(copy).read_history()] == [1, 2, 3]
 
 
@@ -362,13 +376,13 @@ def test_device_cuda_without_cuda_is_refused(dataset, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_corrupt_state_and_weights_get_one_line(trained_run, tmp_path, capsys):
+def test_corrupt_state_and_weights_get_one_line(trained_run, dataset, tmp_path, capsys):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
     (copy / "state.pt").write_bytes(b"not a checkpoint")
-    code, err = run_cli(["train", "x", "--out", str(copy), "--resume", "--epochs", "3"], capsys)
+    code, err = run_cli(["train", str(dataset), "--out", str(copy), "--resume", "--epochs", "3"], capsys)
     assert code == 2 and "state.pt: cannot read training state" in err
     (copy / "best.safetensors").write_bytes(b"\x00" * 20)
     code, err = run_cli(["predict", str(copy), str(trained_run / "curves.png")], capsys)
@@ -382,7 +396,7 @@ def test_resume_before_any_finished_epoch_starts_over(trained_run, dataset, tmp_
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
     (copy / "state.pt").unlink()
-    assert main(["train", "x", "--out", str(copy), "--resume"]) == 0
+    assert main(["train", str(dataset), "--out", str(copy), "--resume"]) == 0
     assert history_without_seconds(copy) == history_without_seconds(trained_run)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .models import ModelSpec, build_model
+from .models import ModelSpec, build_model, count_parameters
 from .pooling import POOL_MODES
 from .runtime import DEVICES, PRECISIONS
 from .sizing import Fixed, SizePolicy, policy_from_config
@@ -32,6 +32,17 @@ __all__ = [
 
 DEFAULT_EPOCHS = 20
 SCHEDULES = ("constant", "cosine")
+
+#: Upper bounds that catch typing mistakes before they become a model or a batch that cannot fit.
+LIMITS = {"levels": 32, "widths": 4096, "hidden": 65536, "batch_size": 8192, "epochs": 100_000}
+LIMIT_REASONS = {
+    "levels": "an SPP level of n bins per side multiplies the head's size by n * n",
+    "widths": "a conv block that wide would not fit in memory",
+    "hidden": "a dense layer that wide would not fit in memory",
+    "batch_size": "a batch that large would not fit in memory",
+    "epochs": "a typing mistake?",
+}
+MAX_PARAMETERS = 50_000_000
 
 #: The groups of fields, in the order ``sppnet train --help`` shows them.
 SECTIONS = ("model", "sizes", "augmentation", "optimisation", "data", "run")
@@ -194,6 +205,11 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "hidden"):
             integer(name, 1)
+        for name, most in LIMITS.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, int) and v > most for v in values):
+                raise ConfigError(f"{flag(name)} must be at most {most} (got {value!r}): {LIMIT_REASONS[name]}")
         for name, minimum in (("limit", 1), ("split_seed", 0)):
             if getattr(self, name) is not None:
                 integer(name, minimum)
@@ -220,7 +236,12 @@ class TrainConfig:
                 "use --model spp or gap for other size policies"
             )
         spec = self.model_spec(num_classes=2)
-        build_model(spec.name, **dict(spec.arguments))  # raises for bad model arguments
+        model = build_model(spec.name, **dict(spec.arguments))  # raises for bad model arguments
+        parameters = count_parameters(model)
+        if parameters > MAX_PARAMETERS:
+            raise ConfigError(f"this model would have {parameters:,} parameters ({4 * parameters / 1e9:.1f} GB of "
+                              f"float32 weights, three times that to train with Adam), more than {MAX_PARAMETERS:,}; "
+                              "use fewer --levels, --widths or --hidden units")
         if policy.smallest_size < spec.stride:
             raise ConfigError(
                 f"{policy.describe()}: images of {policy.smallest_size} px are smaller than the network's stride of "

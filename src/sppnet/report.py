@@ -16,6 +16,11 @@ from .files import atomic_write_bytes
 __all__ = ["plot_curves", "plot_confusion", "plot_comparison"]
 
 
+def _label(text: str) -> str:
+    """Text a font can draw: names from the file system may hold undecodable bytes (escaped)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _figure(**kwargs):
     from matplotlib.figure import Figure
 
@@ -44,7 +49,7 @@ def plot_curves(history: Sequence[dict], path: Path, title: str | None = None) -
     for ax in (left, right):
         ax.set_xlabel("epoch")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_label(title))
     _save(fig, path)
 
 
@@ -59,11 +64,12 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
         for j in range(k):
             value = confusion[i][j]
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), class_names)
+    names = [_label(n) for n in class_names]
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(_label(title))
     _save(fig, path)
 
 
@@ -73,8 +79,8 @@ def plot_comparison(histories: dict[str, Sequence[dict]], path: Path) -> None:
     left, right = fig.subplots(1, 2)
     for name, history in histories.items():
         epochs = [r["epoch"] for r in history]
-        left.plot(epochs, [r["val_accuracy"] for r in history], label=name)
-        right.plot(epochs, [r["val_loss"] for r in history], label=name)
+        left.plot(epochs, [r["val_accuracy"] for r in history], label=_label(name))
+        right.plot(epochs, [r["val_loss"] for r in history], label=_label(name))
     left.set_title("Validation Accuracy")
     right.set_title("Validation Loss")
     for ax in (left, right):

@@ -37,6 +37,9 @@ __all__ = ["Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "parse_po
 #: The longest side a ``native`` image may have, as a multiple of its shorter side S.
 MAX_ASPECT = 2.0
 
+#: The largest size a policy stores or batches images at.
+MAX_SIZE = 4096
+
 #: The shortest side a ``native`` image is given (very elongated images are shrunk further).
 NATIVE_MIN_SIDE = 8
 
@@ -71,6 +74,9 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def _check_size(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 8:
         raise ConfigError(f"{what} must be an integer >= 8, got {value!r}")
+    if value > MAX_SIZE:
+        raise ConfigError(f"{what} must be at most {MAX_SIZE} (an image of {value}x{value} takes "
+                          f"{3 * value * value / 1e6:.0f} MB decoded, and its activations many times that), got {value}")
     return value
 
 
@@ -279,8 +285,8 @@ class Native(SizePolicy):
 
     def __init__(self, size: int = 180, max_aspect: float = MAX_ASPECT) -> None:
         self.size = _check_size(size, "size")
-        if not max_aspect >= 1:
-            raise ConfigError(f"max_aspect must be >= 1, got {max_aspect!r}")
+        if not 1 <= max_aspect <= 16:
+            raise ConfigError(f"max_aspect must be a number in [1, 16], got {max_aspect!r}")
         self.max_aspect = float(max_aspect)
 
     def store_size(self, width: int, height: int) -> tuple[int, int]:

@@ -172,6 +172,12 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
     """Locates, scans and splits the data, and decodes both subsets once (per machine)."""
     root = data_mod.locate(config.data)
     dataset = data_mod.scan(root)
+    if len(dataset.class_names) < 2:
+        raise DataError(f"{root}: one class folder ({dataset.class_names[0]}); a classifier needs at least two")
+    empty = [name for name, count in dataset.class_counts().items() if count == 0]
+    if empty:
+        reporter.message(f"Warning: class folder(s) with no images: {', '.join(empty)}; the model will never "
+                         "predict them (remove the folders, or add images)")
     train_set, val_set = data_mod.run_split(dataset, config.val_split, config.data_seed, config.holdout)
     if config.limit:
         train_set = train_set.subset(range(min(config.limit, len(train_set))))

@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if any(v is not None for v in (args.size, args.sizes, args.size_range, args.native)):
         overrides["policy"] = parse_policy(args.size, args.sizes, args.size_range, args.native).to_config()
+    if args.resume:
+        _check_resume_options(args, overrides)
     preset = args.preset or "study"
     config = TrainConfig.from_preset(preset, data=args.data, **overrides)
     out = args.out or f"runs/{config.model if preset == 'study' else preset}"
@@ -100,3 +102,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"best val_accuracy {metrics['best']['val_accuracy']:.4f} at epoch {metrics['best']['epoch']}; "
               f"run folder: {config.out}")
     return 0
+
+
+def _check_resume_options(args: argparse.Namespace, overrides: dict) -> None:
+    """--resume continues a run with its own data and options: refuse an option or a DATA that
+    differs from the run's (only --epochs and --device may change) instead of ignoring it."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..runs import RunFolder
+    from ..sizing import policy_from_config
+
+    run = RunFolder(args.out or "runs/spp")
+    if not run.exists():
+        return  # train() says there is nothing to resume
+    stored = run.run_config().train
+    changed = []
+    for name, value in sorted(overrides.items()):
+        if name in ("epochs", "device"):
+            continue
+        if name == "policy":
+            if policy_from_config(value) != stored.size_policy():
+                changed.append(f"--size/--sizes/--size-range/--native ({stored.size_policy().describe()} in the run)")
+        elif value != getattr(stored, name):
+            changed.append(f"--{name.replace('_', '-')} ({getattr(stored, name)!r} in the run)")
+    if args.preset is not None and args.preset != stored.preset:
+        changed.append(f"--preset ({stored.preset} in the run)")
+    if changed:
+        raise ConfigError(f"--resume continues {run.path} with its own options; {', '.join(changed)} cannot change "
+                          "(only --epochs and --device can); start a new run with another --out instead")
+    source = Path(args.data).expanduser()
+    same = str(args.data) == stored.data or (
+        source.exists() and str(source.resolve()) == str(Path(stored.data).expanduser().resolve()))
+    if not same:
+        raise ConfigError(f"--resume: {run.path} was trained on {stored.data}, not {args.data}; give the same DATA, "
+                          "or start a new run with another --out")
