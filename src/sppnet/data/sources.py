@@ -89,7 +89,10 @@ def locate(source: str | os.PathLike, cache: Path | None = None, progress: Calla
     if path.is_file():
         if not name.lower().endswith(ARCHIVE_SUFFIXES):
             raise DataError(f"{path}: not a folder or an archive (.tgz, .tar.gz, .tar, .zip)")
-        return _dataset_root(extract_archive(path, cache))
+        root = _dataset_root(extract_archive(path, cache))
+        if not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+            raise DataError(f"{path}: the archive holds no class folders; expected <class name>/<image files> inside")
+        return root
     known = ", ".join(sorted(KNOWN_DATASETS))
     raise DataError(f"{name}: no such folder or archive (known dataset names: {known})")
 
