@@ -6,7 +6,11 @@ keep-alive connection) posting 240x320 JPEGs for ``--seconds``. The baseline, me
 run, is ``Predictor.predict`` on the same bytes in this process with no HTTP: the ratio shows
 what the service adds.
 
-    python benchmarks/serve.py [--run runs/spp] [--seconds 5] [--clients 1,4,16]
+Then the server's memory under mixed traffic: 1,000 requests (JPEGs and PNGs of many sizes, files
+that are not images, truncated ones, decompression bombs, uploads over the limit), the server's
+RSS read from /proc after the first 100 and after all 1,000, and their ratio (target: at most 1.5).
+
+    python benchmarks/serve.py [--run runs/spp] [--seconds 5] [--clients 1,4,16] [--mixed 1000]
 """
 
 from __future__ import annotations
@@ -90,11 +94,54 @@ def load(port: int, body: bytes, clients: int, seconds: float) -> tuple[float, l
     return len(latencies) / (time.perf_counter() - start), latencies
 
 
+def rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit("no VmRSS (not Linux?)")
+
+
+def mixed_bodies() -> list[bytes]:
+    """Uploads of every kind a public server meets, good and bad."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    bodies = [jpeg(w, h) for w, h in ((320, 240), (180, 180), (640, 480), (240, 320), (1024, 768), (100, 900))]
+    png = io.BytesIO()
+    Image.new("RGBA", (300, 200), (10, 20, 30, 128)).save(png, format="PNG")
+    bodies += [png.getvalue(), b"not an image", jpeg()[:500], bomb, b"x" * (11 * 1024 * 1024)]
+    return bodies
+
+
+def mixed_memory(port: int, pid: int, total: int) -> tuple[int, int]:
+    """Sends ``total`` mixed requests on one connection at a time; the server's RSS after 100 and at the end."""
+    bodies = mixed_bodies()
+    early = 0
+    for k in range(total):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", "/predict", body=bodies[k % len(bodies)], headers={"Content-Type": "image/jpeg"})
+            conn.getresponse().read()
+        except OSError:  # the server may close an oversized upload before reading it
+            pass
+        finally:
+            conn.close()
+        if k + 1 == 100:
+            early = rss(pid)
+    return early, rss(pid)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="run folder to serve (default: an untrained study-size spp model)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each level (default 5)")
     parser.add_argument("--clients", default="1,4,16", help="concurrency levels (default 1,4,16)")
+    parser.add_argument("--mixed", type=int, default=1000, help="mixed requests for the memory check (default 1000; 0: skip)")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -141,6 +188,10 @@ def main() -> None:
             median = statistics.median(latencies)
             p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
             print(f"{clients:>7}  {rate:>7.1f}  {1000 * median:>9.1f}  {1000 * p99:>7.1f}  {median / baseline:>17.2f}")
+        if args.mixed:
+            early, late = mixed_memory(port, server.pid, args.mixed)
+            print(f"server RSS after 100 mixed requests: {early / 1e6:.0f} MB; after {args.mixed}: {late / 1e6:.0f} MB; "
+                  f"ratio {late / early:.2f} (target <= 1.5)")
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -258,3 +258,59 @@ def test_missing_serve_extra_gets_one_line(run, monkeypatch, capsys):
     assert main(["serve", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'sppnet[serve]'" in err and "fastapi" in err
+
+
+def test_slow_clients_are_closed_after_the_timeouts_and_do_not_block_others(run):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sppnet", "serve", str(run), "--port", str(port), "--header-timeout", "2",
+         "--body-timeout", "2", "--max-connections", "80"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        slow = []
+        for k in range(50):  # half-sent headers, and half-sent bodies
+            s = socket.create_connection(("127.0.0.1", port))
+            if k % 2:
+                s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+            else:
+                s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+            slow.append(s)
+        for _ in range(5):  # clients that go away mid-upload
+            with socket.create_connection(("127.0.0.1", port)) as gone:
+                gone.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"y" * 100)
+        started = time.monotonic()
+        response = httpx.post(url + "/predict", files={"image": ("a.jpg", jpeg_bytes(), "image/jpeg")}, timeout=5)
+        assert response.status_code == 200 and "sentence" in response.json()
+        assert time.monotonic() - started < 1.0  # answered while 50 slow clients hold connections
+        for s in slow:
+            s.settimeout(10)
+            try:
+                assert s.recv(1) == b""  # closed by the server after its timeout
+            except ConnectionResetError:
+                pass
+            s.close()
+        assert httpx.get(url + "/health", timeout=2).status_code == 200
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+    assert "Traceback" not in out
+
+
+def test_busy_port_is_one_line_before_any_banner(run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "sppnet", "serve", str(run), "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Serving" not in result.stdout
+    assert f"--port {port}: cannot listen there" in result.stderr and "Traceback" not in result.stderr

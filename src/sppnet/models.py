@@ -19,6 +19,7 @@ Models are built by name: ``build_model("spp", num_classes=5)``; ``list_models()
 from __future__ import annotations
 
 import difflib
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -27,11 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from . import kernels
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .pooling import SpatialPyramidPooling, spatial_pyramid_pool
 from .runtime import is_tracing
 
-__all__ = ["FlowerCNN", "ModelSpec", "build_model", "list_models", "register_model", "count_parameters"]
+__all__ = [
+    "FlowerCNN", "ModelSpec", "build_model", "list_models", "register_model", "count_parameters", "check_weights",
+]
 
 _MODELS: dict[str, Callable[..., "FlowerCNN"]] = {}
 
@@ -113,6 +116,31 @@ class ModelSpec:
     def build(self, fast_paths: bool | None = None) -> "FlowerCNN":
         """The model, freshly initialised (see :func:`build_model`)."""
         return build_model(self.name, **dict(self.arguments), fast_paths=fast_paths)
+
+
+def check_weights(tensors: dict, model: nn.Module, path: str | os.PathLike, finite: bool = True) -> None:
+    """Checks that ``tensors`` are the weights of ``model``: the same names and shapes, and (with
+    ``finite``) no NaN or infinite value.
+
+    Raises:
+        DataError: naming ``path`` (where the tensors come from), the tensor and what is wrong.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise DataError(f"{path}: weights do not fit the model in config.json ({what}; "
+                        f"{len(missing)} missing, {len(unexpected)} unexpected)")
+    for key, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise DataError(f"{path}: {key!r} is not a tensor")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise DataError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the model in config.json "
+                            f"needs {tuple(expected[key].shape)}")
+        if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DataError(f"{path}: tensor {key!r} holds NaN or infinite values; the run diverged or the "
+                            "file is damaged")
 
 
 def count_parameters(model: nn.Module) -> int:

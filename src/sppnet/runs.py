@@ -43,7 +43,7 @@ from ._version import __version__
 from .config import TrainConfig
 from .errors import ConfigError, DataError
 from .files import atomic_path, atomic_write_bytes, check_writable, remove_temporaries
-from .models import ModelSpec, count_parameters
+from .models import ModelSpec, check_weights, count_parameters
 from .runtime import peak_rss_mb
 from .sizing import SizePolicy, policy_from_config
 
@@ -291,7 +291,7 @@ class RunFolder:
                             f"{outputs} outputs")
         path = self.file(f"{weights}.safetensors")
         tensors = self.load_weights(weights)
-        _check_weights(tensors, model, path)
+        check_weights(tensors, model, path)
         model.load_state_dict(tensors)
         return model.to(device, memory_format=torch.channels_last).eval()
 
@@ -387,7 +387,7 @@ class RunFolder:
             return Checkpoint()
         state = self.load_state()
         path = self.file("state.pt")
-        _check_weights(state["model"], model, path, finite=False)
+        check_weights(state["model"], model, path, finite=False)
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -424,31 +424,6 @@ class RunFolder:
             if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
                 raise DataError(f"{path}: {key!r} must be an epoch number, got {state[key]!r}")
         return state
-
-
-def _check_weights(tensors: dict, model: torch.nn.Module, path: Path, finite: bool = True) -> None:
-    """Checks that ``tensors`` are the weights of ``model``: the same names and shapes, and (with
-    ``finite``) no NaN or infinite value.
-
-    Raises:
-        DataError: naming ``path``, the tensor and what is wrong.
-    """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise DataError(f"{path}: weights do not fit the model in config.json ({what}; "
-                        f"{len(missing)} missing, {len(unexpected)} unexpected)")
-    for key, value in tensors.items():
-        if not isinstance(value, torch.Tensor):
-            raise DataError(f"{path}: {key!r} is not a tensor")
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise DataError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the model in config.json "
-                            f"needs {tuple(expected[key].shape)}")
-        if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise DataError(f"{path}: tensor {key!r} holds NaN or infinite values; the run diverged or the "
-                            "file is damaged")
 
 
 def _fmt(value: Any) -> str:

@@ -15,8 +15,15 @@ Endpoints:
 
 One model is loaded per server and shared by all requests; predictions run in inference mode on
 a worker thread each, so requests are handled concurrently without blocking the event loop.
+
+Limits against slow or hostile clients (:func:`serve`'s arguments, ``sppnet serve``'s options):
+a request's headers must arrive within ``header_timeout`` seconds (default 10) and its body within
+``body_timeout`` seconds more (default 30), else the connection is closed; at most
+``max_connections`` connections are served at once (default 100; more get 503); a client that
+goes away mid-upload is dropped quietly.
 """
 
+import logging
 import math
 import os
 import socket
@@ -27,9 +34,17 @@ from . import runtime
 from .errors import ConfigError, DataError
 from .predict import Predictor, load_predictor
 
-__all__ = ["create_app", "serve", "serve_run", "require_serve_deps", "DEFAULT_MAX_UPLOAD"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "create_app", "serve", "serve_run", "guarded_protocol", "require_serve_deps", "DEFAULT_MAX_UPLOAD",
+    "DEFAULT_HEADER_TIMEOUT", "DEFAULT_BODY_TIMEOUT", "DEFAULT_MAX_CONNECTIONS",
+]
 
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024  # bytes
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's headers
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds for its body, after the headers
+DEFAULT_MAX_CONNECTIONS = 100
 
 
 def require_serve_deps() -> None:
@@ -62,6 +77,7 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
 
     from ._version import __version__
 
@@ -130,6 +146,9 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
             body = await read_body(request)
         except _TooLarge:
             return error(413, f"upload larger than the limit of {max_upload:,} bytes")
+        except ClientDisconnect:  # the client went away (or timed out) mid-upload: nobody to answer
+            log.info("client %s went away during its upload", request.client)
+            return error(400, "incomplete upload")
         try:
             data, name = await image_bytes(request, body)
             if not data:
@@ -145,17 +164,92 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
     return app
 
 
+def guarded_protocol(header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT):
+    """uvicorn's HTTP protocol with a deadline for each request's headers and body.
+
+    A timer is armed whenever the connection waits for a request (on connect, and after each
+    response): ``header_timeout`` seconds for the headers, then ``body_timeout`` seconds for the
+    body. A connection that misses it is closed (a slow client cannot hold it open).
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    for name, value in (("header_timeout", header_timeout), ("body_timeout", body_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a number of seconds in (0, 3600], got {value!r}")
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline = None
+        _waiting_for = None
+
+        def _arm(self, what: str, seconds: float) -> None:
+            self._disarm()
+            self._waiting_for = what
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            log.info("closing a connection from %s: its request's %s took longer than allowed",
+                     self.client, self._waiting_for)
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def _follow(self) -> None:
+            state = self.conn.their_state
+            if state is h11.SEND_BODY:
+                if self._waiting_for != "body":
+                    self._arm("body", body_timeout)
+            elif state is h11.IDLE:
+                if self._waiting_for != "headers":
+                    self._arm("headers", header_timeout)
+            else:  # the request is complete (or the connection is closing): the app answers it
+                self._disarm()
+                self._waiting_for = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm("headers", header_timeout)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._follow()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._follow()  # waiting for the next request's headers (or the rest of a body)
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, max_upload: int = DEFAULT_MAX_UPLOAD,
-          model_info: dict | None = None, log_level: str = "info", on_ready: Callable[[str], None] | None = None) -> None:
+          model_info: dict | None = None, log_level: str = "info", on_ready: Callable[[str], None] | None = None,
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     """Runs the service with uvicorn until interrupted.
 
-    ``on_ready(url)`` is called once the address is known to be free, just before serving.
+    Args:
+        header_timeout, body_timeout: seconds a request's headers, then its body, may take.
+        max_connections: connections served at once; more get 503.
+        on_ready: called with the URL once the address is known to be free, before serving.
     """
     app = create_app(predictor, max_upload, model_info)  # checks the serve extra is installed
     import uvicorn
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"--port must be an integer in 0..65535, got {port!r}")
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not 1 <= max_connections <= 100_000:
+        raise ConfigError(f"--max-connections must be an integer in 1..100000, got {max_connections!r}")
+    protocol = guarded_protocol(header_timeout, body_timeout)
     try:  # a clear line now rather than uvicorn's log and exit
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -166,12 +260,15 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, max_u
     runtime.configure()
     if on_ready is not None:
         on_ready(f"http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, http=protocol,
+                limit_concurrency=max_connections, timeout_keep_alive=5)
 
 
 def serve_run(run_dir: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None,
               host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0, size: int | None = None,
-              weights: str = "best", device: str = "cpu", on_ready: Callable[[str], None] | None = None) -> None:
+              weights: str = "best", device: str = "cpu", on_ready: Callable[[str], None] | None = None,
+              header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+              max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     """Serves a run folder (or an ONNX file) until interrupted: what ``sppnet serve`` does.
 
     Raises:
@@ -189,4 +286,5 @@ def serve_run(run_dir: str | os.PathLike | None = None, onnx: str | os.PathLike 
         info = {"model": "onnx", "source": str(onnx)}
     else:
         info = {"model": predictor.model.config.get("name", "model"), "source": str(run_dir)}
-    serve(predictor, host, port, int(max_upload_mb * 1024 * 1024), info, on_ready=on_ready)
+    serve(predictor, host, port, int(max_upload_mb * 1024 * 1024), info, on_ready=on_ready,
+          header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)

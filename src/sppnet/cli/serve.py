@@ -34,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead of keeping their aspect ratio")
     parser.add_argument("--weights", default="best", choices=["best", "last"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--header-timeout", type=float, default=10.0,
+                        help="seconds a request's headers may take to arrive; slower connections are closed (default 10)")
+    parser.add_argument("--body-timeout", type=float, default=30.0,
+                        help="seconds a request's body may take after its headers (default 30)")
+    parser.add_argument("--max-connections", type=int, default=100,
+                        help="connections served at once; more get 503 (default 100)")
     parser.set_defaults(run=run)
 
 
@@ -43,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         serve_run(args.run_dir, args.onnx, args.host, args.port, args.max_upload_mb, args.size, args.weights,
                   args.device, on_ready=lambda url: print(f"Serving {args.onnx or args.run_dir} on {url} (Ctrl-C stops)",
-                                                          flush=True))
+                                                          flush=True),
+                  header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                  max_connections=args.max_connections)
     except KeyboardInterrupt:
         pass
     return 0
