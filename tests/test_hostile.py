@@ -17,10 +17,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from sppnet.cli import main

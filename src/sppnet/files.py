@@ -64,21 +64,16 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
             os.fsync(f.fileno())
 
 
-_UMASK: int | None = None
-
-
 def _umask() -> int:
     """The process's umask: read from /proc where it can be (setting it to read it is not
-    thread-safe), else by setting and restoring it once."""
-    global _UMASK
-    if _UMASK is None:
-        try:
-            text = Path("/proc/self/status").read_text()
-            _UMASK = int(next(line.split()[1] for line in text.splitlines() if line.startswith("Umask:")), 8)
-        except (OSError, StopIteration, ValueError, IndexError):
-            _UMASK = os.umask(0o022)
-            os.umask(_UMASK)
-    return _UMASK
+    thread-safe), else by setting and restoring it."""
+    try:
+        text = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in text.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def check_writable(folder: str | os.PathLike, what: str) -> None:
