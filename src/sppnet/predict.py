@@ -213,7 +213,23 @@ class Predictor:
         """
         x = self.prepare(image, name)
         source = name or (str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
+        return self.predict_prepared(x, source)
+
+    def predict_prepared(self, x: torch.Tensor, source: str) -> Prediction:
+        """Classifies one image made by :meth:`prepare` (float (1, 3, H, W)), named ``source``."""
         return self._prediction(source, self.probabilities(x)[0], x.shape[-2], x.shape[-1])
+
+    def explain(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, target: str | None = None,
+                name: str | None = None):
+        """Where in the image the model looked for the predicted class (or ``target``): an
+        :class:`sppnet.explain.Explanation` (Grad-CAM heat map and the SPP bins' shares).
+
+        A convenience for :func:`sppnet.explain.explain`, which sits above this module; it is
+        loaded on first use.
+        """
+        import importlib
+
+        return importlib.import_module("sppnet.explain").explain(self, image, target, name)
 
 
 class OnnxModel(torch.nn.Module):
