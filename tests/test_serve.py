@@ -1,5 +1,6 @@
 """The HTTP service through a real client against a server on 127.0.0.1, and its page in Chromium."""
 
+import base64
 import io
 import os
 import shutil
@@ -249,6 +250,48 @@ def test_page_in_headless_chromium_shows_the_prediction(server, tmp_path):
             bad.write_bytes(b"not a photo")
             page.set_input_files("#file", str(bad))
             expect(page.locator("#error")).to_contain_text("not an image")
+        finally:
+            browser.close()
+
+
+def test_explain_answers_the_map_as_json_or_png(server):
+    photo = jpeg_bytes((90, 60))
+    answer = httpx.post(server + "/explain", files={"image": ("a.jpg", photo, "image/jpeg")}, timeout=30).json()
+    assert answer["explained"] == answer["class"] and answer["sentence"].startswith("This image most likely")
+    assert set(answer["pyramid"]) == {"1", "2", "4"} and len(answer["pyramid"]["4"]) == 4
+    heat = Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png"])))
+    assert heat.mode == "RGBA" and heat.size == (90, 60)
+    png = httpx.post(server + "/explain?format=png", content=photo, timeout=30)
+    assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    bad = httpx.post(server + "/explain", content=b"not an image", timeout=30)
+    assert bad.status_code == 400 and "not an image" in bad.json()["error"]
+    big = httpx.post(server + "/explain", content=b"x" * (MAX_UPLOAD_MB * 1024 * 1024 + 1), timeout=30)
+    assert big.status_code == 413
+
+
+@pytest.mark.browser
+def test_page_shows_where_it_looked(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = write_image(tmp_path / "photo.png", size=(80, 50), color=(40, 200, 60))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server + "/")
+            page.set_input_files("#file", str(photo))
+            expect(page.locator("#sentence")).to_contain_text("percent confidence", timeout=20_000)
+            expect(page.locator("#heat")).to_be_hidden()
+            page.check("#explain")  # the switch explains the photo already shown
+            expect(page.locator("#heat")).to_be_visible(timeout=20_000)
+            expect(page.locator("#pyramid .grid")).to_have_count(3)
+            expect(page.locator('#pyramid .grid[data-level="4"] span')).to_have_count(16)
+            box, heat = page.locator("#preview").bounding_box(), page.locator("#heat").bounding_box()
+            assert abs(box["width"] - heat["width"]) < 1 and abs(box["height"] - heat["height"]) < 1
+            if os.environ.get("SPPNET_SCREENSHOT"):
+                page.screenshot(path=os.environ["SPPNET_SCREENSHOT"], full_page=True)
+            page.uncheck("#explain")
+            expect(page.locator("#heat")).to_be_hidden()
         finally:
             browser.close()
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,11 +37,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .pooling import SpatialPyramidPooling
 from .predict import Prediction, Predictor
 
-__all__ = ["Explanation", "evidence_maps", "explain", "explain_top"]
+__all__ = [
+    "Explanation", "evidence_maps", "explain", "explain_top", "explain_files", "draw",
+]
 
 
 @dataclass
@@ -218,12 +221,33 @@ def explain(predictor: Predictor, image, target: str | None = None, name: str | 
     return explain_top(predictor, image, 1, target, name)[0]
 
 
-def explain_many(predictor: Predictor, images: Sequence, k: int = 1, target: str | None = None):
-    """Yields, for each image in order, its list of explanations, or the DataError naming it."""
-    from .errors import DataError
+def draw(explanations: Sequence[Explanation], path: str | os.PathLike) -> Path:
+    """Writes one PNG for one image's explanations: per class, the photo with its heat map and
+    the pyramid's shares; the first row's title is the study's sentence."""
+    from .report import plot_explanations
 
-    for image in images:
+    rows = []
+    for k, e in enumerate(explanations):
+        if k == 0 and e.class_name == e.prediction.class_name:
+            title = e.prediction.sentence()
+        else:
+            title = f"Evidence for {e.class_name} ({100 * e.probability:.2f} percent)"
+        rows.append((title, e.heatmap, e.pyramid))
+    path = Path(path)
+    plot_explanations(explanations[0].image, rows, path)
+    return path
+
+
+def explain_files(predictor: Predictor, paths: Sequence[str | os.PathLike], out: str | os.PathLike, k: int = 1,
+                  target: str | None = None) -> Iterator[tuple[Path, list[Explanation], Path] | DataError]:
+    """Explains image files and draws each into ``out/<name>.explain.png`` (what ``sppnet
+    explain`` does). Yields, in order, (image, its explanations, the picture written), or the
+    :class:`~sppnet.errors.DataError` naming a file that cannot be read."""
+    out = Path(out)
+    for path in map(Path, paths):
         try:
-            yield explain_top(predictor, image, k, target)
+            explanations = explain_top(predictor, path, k, target)
         except DataError as err:
             yield err
+            continue
+        yield path, explanations, draw(explanations, out / f"{path.stem}.explain.png")

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .files import atomic_write_bytes
 
-__all__ = ["plot_curves", "plot_confusion", "plot_comparison"]
+__all__ = ["plot_curves", "plot_confusion", "plot_comparison", "plot_explanations", "heatmap_rgba", "heatmap_png"]
 
 
 def _label(text: str) -> str:
@@ -98,3 +98,61 @@ def __getattr__(name: str):
         warnings.warn(f"sppnet.report.{name} moved to sppnet.compare.{name}", DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module("sppnet.compare"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def heatmap_rgba(heatmap, opacity: float = 0.6):
+    """A heat map (H, W) in [0, 1] as an RGBA uint8 array (H, W, 4): a colour scale whose
+    opacity grows with the value, to lay over the photo."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    values = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    rgba = colormaps["jet"](values)  # (H, W, 4) floats
+    rgba[..., 3] = opacity * np.sqrt(values)
+    return (rgba * 255 + 0.5).astype(np.uint8)
+
+
+def heatmap_png(heatmap, opacity: float = 0.6) -> bytes:
+    """:func:`heatmap_rgba` encoded as a PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(heatmap_rgba(heatmap, opacity), "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def plot_explanations(image, rows: Sequence[tuple[str, object, dict]], path: Path) -> None:
+    """One row per explained class: the photo at its own aspect ratio with the heat map blended
+    over it, and beside it each SPP level as a grid shaded by its bins' shares.
+
+    Args:
+        image: the photo, RGB uint8 (H, W, 3).
+        rows: (title, heat map (H, W) in [0, 1], {level: n x n shares}) per class.
+        path: the PNG to write.
+    """
+    import numpy as np
+
+    height, width = image.shape[:2]
+    levels = max((len(pyramid) for _, _, pyramid in rows), default=0)
+    photo_width = 4.0 * width / max(height, 1)
+    fig = _figure(figsize=(photo_width + 1.6 * levels + 0.5, 4.2 * len(rows)))
+    grid = fig.add_gridspec(len(rows), 1 + levels, width_ratios=[photo_width] + [1.4] * levels)
+    for r, (title, heatmap, pyramid) in enumerate(rows):
+        ax = fig.add_subplot(grid[r, 0])
+        ax.imshow(image)
+        ax.imshow(heatmap_rgba(heatmap))
+        ax.set_title(_label(title), fontsize=9, wrap=True)
+        ax.axis("off")
+        for k, (level, shares) in enumerate(sorted(pyramid.items())):
+            cell = fig.add_subplot(grid[r, 1 + k])
+            cell.imshow(np.asarray(shares, dtype=np.float32), cmap="magma", vmin=0.0, vmax=1.0)
+            for i in range(level):
+                for j in range(level):
+                    if level <= 4:
+                        value = float(shares[i][j])
+                        cell.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                                  color="black" if value > 0.5 else "white")
+            cell.set_title(f"{level}x{level} bins", fontsize=8)
+            cell.set_xticks([])
+            cell.set_yticks([])
+    _save(fig, path)

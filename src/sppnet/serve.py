@@ -8,6 +8,10 @@ Endpoints:
       body. Answers ``{"class", "confidence", "probabilities", "width", "height", "sentence"}``;
       400 with ``{"error": ...}`` for what is not a readable image (not an image, truncated, a
       decompression bomb, no ``image`` field); 413 above the upload limit (default 10 MB).
+    * ``POST /explain``: the same uploads; answers the prediction, the class explained, the SPP
+      bins' shares of its evidence (``pyramid``), the heat map's peak and the heat map as an RGBA
+      PNG laid over the photo's size (``heatmap_png``, base64), or the PNG itself with
+      ``?format=png`` (see :mod:`sppnet.explain`).
     * ``GET /health``: ``{"status": "ok"}``.
     * ``GET /model``: classes, training size, model name, sppnet version.
     * ``GET /``: the page: pick or drop a photo, see it, its class and a bar per class. Served
@@ -23,6 +27,7 @@ a request's headers must arrive within ``header_timeout`` seconds (default 10) a
 goes away mid-upload is dropped quietly.
 """
 
+import base64
 import logging
 import math
 import os
@@ -73,7 +78,7 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
     """
     require_serve_deps()
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
@@ -139,6 +144,42 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
     @app.get("/model")
     async def model() -> dict:
         return info
+
+    def explain_answer(data: bytes, name: str) -> dict:
+        from .explain import explain
+        from .report import heatmap_png
+
+        explanation = explain(predictor, data, name=name)
+        out = explanation.prediction.to_dict()
+        out.pop("image", None)
+        out.update(sentence=explanation.prediction.sentence(), explained=explanation.class_name,
+                   pyramid={str(n): shares for n, shares in explanation.pyramid.items()},
+                   peak=list(explanation.peak()), heatmap_png=heatmap_png(explanation.heatmap))
+        return out
+
+    @app.post("/explain")
+    async def explain_endpoint(request: Request):
+        if not hasattr(predictor.model, "forward_features"):
+            return error(400, "explaining needs a run folder's model (an ONNX file has no gradients)")
+        try:
+            body = await read_body(request)
+        except _TooLarge:
+            return error(413, f"upload larger than the limit of {max_upload:,} bytes")
+        except ClientDisconnect:
+            log.info("client %s went away during its upload", request.client)
+            return error(400, "incomplete upload")
+        try:
+            data, name = await image_bytes(request, body)
+            if not data:
+                raise DataError(f"{name}: empty upload, expected an image")
+            answer = await run_in_threadpool(explain_answer, data, name)
+        except DataError as err:
+            return error(400, str(err))
+        png = answer.pop("heatmap_png")
+        if request.query_params.get("format") == "png":
+            return Response(png, media_type="image/png")
+        answer["heatmap_png"] = base64.b64encode(png).decode("ascii")
+        return answer
 
     @app.post("/predict")
     async def predict(request: Request):

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .._version import __version__
 from ..errors import SppnetError
-from . import compare, data, evaluate, export, predict, serve, train
+from . import compare, data, evaluate, explain, export, predict, serve, train
 from .common import PROG, ConsoleReporter
 
 __all__ = ["main", "build_parser", "ConsoleReporter", "PROG"]
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     evaluate.add_parser(sub)
     predict.add_parser(sub)
+    explain.add_parser(sub)
     compare.add_parser(sub)
     serve.add_parser(sub)
     export.add_parser(sub)
