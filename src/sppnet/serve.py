@@ -157,32 +157,9 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
                    peak=list(explanation.peak()), heatmap_png=heatmap_png(explanation.heatmap))
         return out
 
-    @app.post("/explain")
-    async def explain_endpoint(request: Request):
-        if not hasattr(predictor.model, "forward_features"):
-            return error(400, "explaining needs a run folder's model (an ONNX file has no gradients)")
-        try:
-            body = await read_body(request)
-        except _TooLarge:
-            return error(413, f"upload larger than the limit of {max_upload:,} bytes")
-        except ClientDisconnect:
-            log.info("client %s went away during its upload", request.client)
-            return error(400, "incomplete upload")
-        try:
-            data, name = await image_bytes(request, body)
-            if not data:
-                raise DataError(f"{name}: empty upload, expected an image")
-            answer = await run_in_threadpool(explain_answer, data, name)
-        except DataError as err:
-            return error(400, str(err))
-        png = answer.pop("heatmap_png")
-        if request.query_params.get("format") == "png":
-            return Response(png, media_type="image/png")
-        answer["heatmap_png"] = base64.b64encode(png).decode("ascii")
-        return answer
-
-    @app.post("/predict")
-    async def predict(request: Request):
+    async def answer(request: Request, work):
+        """Reads the upload within the limits and answers ``work(data, name)`` off the event
+        loop; every bad upload is a 4xx with one line, never a traceback."""
         try:
             body = await read_body(request)
         except _TooLarge:
@@ -194,12 +171,32 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
             data, name = await image_bytes(request, body)
             if not data:
                 raise DataError(f"{name}: empty upload, expected an image")
-            result = await run_in_threadpool(predictor.predict, data, name)
+            return await run_in_threadpool(work, data, name)
         except DataError as err:
             return error(400, str(err))
+
+    def prediction(data: bytes, name: str) -> dict:
+        result = predictor.predict(data, name)
         out = result.to_dict()
         out.pop("image", None)
         out["sentence"] = result.sentence()
+        return out
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        return await answer(request, prediction)
+
+    @app.post("/explain")
+    async def explain_endpoint(request: Request):
+        if not hasattr(predictor.model, "forward_features"):
+            return error(400, "explaining needs a run folder's model (an ONNX file has no gradients)")
+        out = await answer(request, explain_answer)
+        if not isinstance(out, dict):
+            return out
+        png = out.pop("heatmap_png")
+        if request.query_params.get("format") == "png":
+            return Response(png, media_type="image/png")
+        out["heatmap_png"] = base64.b64encode(png).decode("ascii")
         return out
 
     return app

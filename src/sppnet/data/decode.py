@@ -101,20 +101,25 @@ def decode_image(
                 return img
     except DataError:
         raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an image") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image (or a format sppnet cannot read)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path}: image too large (possible decompression bomb)") from None
-    except MemoryError:
-        raise DataError(f"{path}: image too large to decode in the memory available") from None
-    except (OSError, SyntaxError, ValueError, EOFError, TypeError) as err:
-        raise DataError(f"{path}: cannot decode image ({err})") from None
-    except Exception as err:  # Pillow's plugins raise many types for broken files: all are bad files
-        raise DataError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
+    except Exception as err:  # Pillow raises many types (warnings made errors too): all are bad files
+        raise _bad_file(path, err, "cannot decode image") from None
+
+
+def _bad_file(path, err: BaseException, doing: str) -> DataError:
+    """The one line an unreadable image file gets, whatever Pillow raised."""
+    if isinstance(err, FileNotFoundError):
+        return DataError(f"{path}: no such file")
+    if isinstance(err, IsADirectoryError):
+        return DataError(f"{path}: is a folder, not an image")
+    if isinstance(err, UnidentifiedImageError):
+        return DataError(f"{path}: not an image (or a format sppnet cannot read)")
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return DataError(f"{path}: image too large (possible decompression bomb)")
+    if isinstance(err, MemoryError):
+        return DataError(f"{path}: image too large to decode in the memory available")
+    if isinstance(err, (OSError, SyntaxError, ValueError, EOFError, TypeError)):
+        return DataError(f"{path}: {doing} ({err})")
+    return DataError(f"{path}: {doing} ({type(err).__name__}: {err})")
 
 
 @dataclass
@@ -208,15 +213,5 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return upright_size(img)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an image") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image (or a format sppnet cannot read)") from None
-    except Image.DecompressionBombError:
-        raise DataError(f"{path}: image too large (possible decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image header ({err})") from None
-    except Exception as err:  # Pillow's plugins raise many types for broken files: all are bad files
-        raise DataError(f"{path}: cannot read image header ({type(err).__name__}: {err})") from None
+    except Exception as err:  # Pillow raises many types: all are bad files
+        raise _bad_file(path, err, "cannot read image header") from None
