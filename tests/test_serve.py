@@ -41,6 +41,22 @@ def run(tmp_path_factory):
     return out
 
 
+def wait_until_serving(port: int, proc: subprocess.Popen) -> str:
+    """The server's URL once it answers /health (fails the test if it exits or takes 60 s)."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return url
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                pytest.fail(f"sppnet serve exited: {proc.stdout.read()}")
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("sppnet serve did not answer /health within 60 s")
+
+
 @pytest.fixture(scope="module")
 def server(run):
     """``sppnet serve`` in a subprocess, as a user starts it."""
@@ -49,19 +65,7 @@ def server(run):
         [sys.executable, "-m", "sppnet", "serve", str(run), "--port", str(port), "--max-upload-mb", str(MAX_UPLOAD_MB)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                pytest.fail(f"sppnet serve exited: {proc.stdout.read()}")
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("sppnet serve did not answer /health within 60 s")
+    url = wait_until_serving(port, proc)
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -310,15 +314,8 @@ def test_slow_clients_are_closed_after_the_timeouts_and_do_not_block_others(run)
          "--body-timeout", "2", "--max-connections", "80"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        url = wait_until_serving(port, proc)
         slow = []
         for k in range(50):  # half-sent headers, and half-sent bodies
             s = socket.create_connection(("127.0.0.1", port))
