@@ -472,3 +472,47 @@ def test_a_hostile_http_request(client, tmp_path, case):
     if needle:
         assert needle in response.json()["error"]
     assert client.get("/health").json() == {"status": "ok"}  # still serving
+
+
+def test_a_full_disk_is_one_line_and_the_last_epoch_stays(world, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from sppnet import files
+
+    run = copy_run(world, tmp_path)
+    kept = ("best.safetensors", "last.safetensors", "state.pt", "history.csv", "metrics.json")
+    before = {name: (run / name).read_bytes() for name in kept}
+    real_replace = os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("last.safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", full)
+    code, errors, _ = run_cli(["train", world["data"], "--out", run, "--resume", "--epochs", "2"], capsys)
+    expect_one_line(code, errors, 2, "last.safetensors: cannot write (No space left on device)")
+    monkeypatch.undo()
+    # The run still holds its finished epoch (config.json records the longer run asked for), and no
+    # half-written file is left.
+    assert {name: (run / name).read_bytes() for name in kept} == before
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_class_folder_named_with_undecodable_bytes_evaluates(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", {"amber": 6, "jade": 6})
+    os.rename(data / "jade", os.fsdecode(bytes(data) + b"/j\xe9de"))
+    run = tmp_path / "run"
+    code, errors, _ = run_cli(["train", data, "--out", run, "--epochs", "1", "--size", "32", "--widths", "4,8,8"], capsys)
+    assert code == 0
+    code, errors, out = run_cli(["evaluate", run, "--confusion-png", tmp_path / "c.png"], capsys)
+    assert code == 0 and "accuracy" in out and "j\\udce9de" in out
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_empty_class_folder_is_named_in_a_warning(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", {"amber": 6, "jade": 6})
+    (data / "zinc").mkdir()
+    code, errors, out = run_cli(["train", data, "--out", tmp_path / "run", "--epochs", "1", "--size", "32",
+                                 "--widths", "4,8,8"], capsys)
+    assert code == 0 and "class folder(s) with no images: zinc" in out
