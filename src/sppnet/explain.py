@@ -21,7 +21,8 @@ value, summed over the channels, its positive part normalised to shares that sum
 level. It says which regions of the pyramid carried the decision, in the head's own terms.
 
 Gradients never reach the weights (``torch.autograd.grad`` on the map only), and the model's
-train/eval mode is restored afterwards.
+train/eval mode is restored afterwards. The probabilities shown are the predictor's (averaged with
+the mirror image when it has ``flip``); the map is that of the image as given.
 """
 
 from __future__ import annotations
