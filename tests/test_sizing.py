@@ -117,3 +117,14 @@ def test_parse_policy_and_config_round_trip():
 def test_bad_policy_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         parse_policy(**kwargs)
+
+
+def test_policies_say_their_stored_size_test_view_and_smallest_side():
+    for policy, fixed, view, smallest in [
+        (Fixed(96), (96, 96), "fixed 96", 96), (Multi((180, 224)), (224, 224), "fixed 180", 180),
+        (Range(150, 200), (200, 200), "fixed 150", 150), (Native(64), None, "native 64", 64),
+    ]:
+        assert policy.fixed_store_size == fixed and policy.test_view().describe() == view
+        assert policy.smallest_size == smallest and policy.input_size == int(view.split()[1])
+        if fixed is not None:  # the same size whatever the image's
+            assert {policy.store_size(w, h) for w, h in [(1, 1), (4000, 30), (640, 480)]} == {fixed}

@@ -257,7 +257,7 @@ def evaluate_run(
     config = run.run_config()
     runtime.configure()
     device_t = runtime.resolve_device(device)
-    model = run.load_model(weights, device_t)
+    model = run.load_model(weights, device_t, config=config)
     flatten_size = config.model.get("input_size")
     if scales is not None:
         views = [Fixed(s) for s in scales]

@@ -233,7 +233,7 @@ def export_run(run_dir: str | os.PathLike, onnx: str | os.PathLike | None = None
         raise ConfigError("say what to write: --onnx FILE and/or --torchscript FILE")
     run = RunFolder(run_dir)
     config = run.run_config()
-    model = run.load_model(weights, "cpu", fast_paths=False)
+    model = run.load_model(weights, "cpu", fast_paths=False, config=config)
     written: dict[str, tuple[Path, float | None]] = {}
     if onnx:
         path = export_onnx(model, onnx, list(config.class_names), config.input_size, opset)

@@ -109,7 +109,7 @@ class Predictor:
         run's own test view (its ``flip_test``)."""
         run = RunFolder(path)
         config = run.run_config()
-        model = run.load_model(weights, device)
+        model = run.load_model(weights, device, config=config)
         if flip is None:
             flip = config.train.flip_test
         return cls(model, config.class_names, config.input_size, size, device, flip)

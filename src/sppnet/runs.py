@@ -276,11 +276,14 @@ class RunFolder:
     # the model ------------------------------------------------------------------------------
 
     def load_model(self, weights: str = "best", device: torch.device | str = "cpu",
-                   fast_paths: bool | None = None) -> torch.nn.Module:
-        """Rebuilds the run's model with its ``best`` or ``last`` weights (eval mode)."""
+                   fast_paths: bool | None = None, config: RunConfig | None = None) -> torch.nn.Module:
+        """Rebuilds the run's model with its ``best`` or ``last`` weights (eval mode).
+
+        ``config``: the run's :meth:`run_config`, when the caller has read it already.
+        """
         if weights not in ("best", "last"):
             raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
-        config = self.run_config()
+        config = config or self.run_config()
         try:
             model = config.model.build(fast_paths)
         except ConfigError as err:

@@ -96,8 +96,7 @@ class SizePolicy:
     @property
     def fixed_store_size(self) -> tuple[int, int] | None:
         """The (width, height) every image is stored at, or None when it depends on the image."""
-        side = self.store_size(1, 1)[0]
-        return side, side
+        return None
 
     @property
     def smallest_size(self) -> int:
@@ -205,6 +204,10 @@ class Fixed(SizePolicy):
         return self.size
 
     @property
+    def fixed_store_size(self) -> tuple[int, int] | None:
+        return self.size, self.size
+
+    @property
     def smallest_size(self) -> int:
         return self.size
 
@@ -231,6 +234,10 @@ class Multi(SizePolicy):
 
     def epoch_size(self, epoch: int, seed: int) -> int | None:
         return self.sizes[epoch % len(self.sizes)]
+
+    @property
+    def fixed_store_size(self) -> tuple[int, int] | None:
+        return max(self.sizes), max(self.sizes)
 
     @property
     def smallest_size(self) -> int:
@@ -265,6 +272,10 @@ class Range(SizePolicy):
         return int(torch.randint(self.low, self.high + 1, (1,), generator=generator))
 
     @property
+    def fixed_store_size(self) -> tuple[int, int] | None:
+        return self.high, self.high
+
+    @property
     def smallest_size(self) -> int:
         return self.low
 
@@ -297,10 +308,6 @@ class Native(SizePolicy):
         return max(NATIVE_MIN_SIDE, round(width * scale)), max(NATIVE_MIN_SIDE, round(height * scale))
 
     def epoch_size(self, epoch: int, seed: int) -> int | None:
-        return None
-
-    @property
-    def fixed_store_size(self) -> tuple[int, int] | None:
         return None
 
     @property
