@@ -133,11 +133,15 @@ class TrainConfig:
     warmup_epochs: int = _field(0, "optimisation", "linear learning-rate warm-up, in epochs")
     weight_decay: float = _field(0.0, "optimisation", "decoupled (AdamW) weight decay; 0 is plain Adam")
     label_smoothing: float = _field(0.0, "optimisation", "label smoothing")
+    ema: float = _field(0.0, "optimisation", "keep an exponential moving average of the weights with this decay per "
+                        "step (e.g. 0.998) and validate and save it instead of the raw weights; 0 is off")
     precision: str = _field("fp32", "optimisation", "fp32 or bf16 (autocast; fast where the CPU or GPU has bf16 units)",
                             choices=PRECISIONS)
     # data and split
     val_split: float = _field(0.2, "data", "validation fraction")
     holdout: float = _field(0.0, "data", "validate on this share of the training split instead, for tuning")
+    calibrate: float = _field(0.0, "data", "hold out this share of the training split (never the validation "
+                              "split) to fit a temperature that makes the confidences honest; 0 is off")
     seed: int = _field(123, "data", "seed of the split, initialisation, shuffling, augmentation and dropout")
     split_seed: int | None = _field(None, "data", "seed of the split alone, to vary the rest on one split "
                                     "(default: --seed)")
@@ -222,6 +226,8 @@ class TrainConfig:
         number("weight_decay", 0, 1)
         number("label_smoothing", 0, 1)
         number("holdout", 0, 1)
+        number("calibrate", 0, 0.5)
+        number("ema", 0, 1)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and f.name not in ("model", "pool") and getattr(self, f.name) not in choices:

@@ -13,6 +13,7 @@ Views for testing a trained run (``sppnet evaluate``):
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +26,14 @@ import torch.nn.functional as F
 from . import data as data_mod
 from . import runtime
 from .errors import ConfigError, DataError
-from .report import plot_confusion
+from .report import plot_confusion, plot_reliability
 from .runs import RunFolder
 from .sizing import Batch, Fixed, Native
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "class_probabilities", "predict_batches", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "to_device_batch",
+    "class_probabilities", "predict_batches", "predict_logits", "tempered_probabilities", "fit_temperature", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "reliability_bins", "to_device_batch",
     "evaluate_run",
 ]
 
@@ -101,18 +102,91 @@ def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: to
     return torch.cat(probs), torch.cat(labels), torch.cat(indices)
 
 
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
+                   flip: bool = False, amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like :func:`predict_batches`, but the logits of each view: (views, N, classes), views = 2
+    with ``flip`` (the image, its mirror image), else 1; with labels (N,) and indices (N,)."""
+    was_training = model.training
+    model.eval()
+    logits, labels, indices = [], [], []
+    try:
+        for batch in batches:
+            images, sizes, _ = to_device_batch(batch, device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                views = [model(images, sizes)] + ([model(mirror(images, sizes), sizes)] if flip else [])
+            logits.append(torch.stack([v.float() for v in views]).cpu())
+            labels.append(batch.labels)
+            indices.append(batch.indices)
+    finally:
+        model.train(was_training)
+    if not logits:
+        return torch.empty(1 + flip, 0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(logits, dim=1), torch.cat(labels), torch.cat(indices)
+
+
+def tempered_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The softmax of ``logits / temperature`` averaged over the views (dimension 0)."""
+    return torch.softmax(logits.double() / temperature, dim=-1).mean(0)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 0.05, high: float = 20.0) -> float:
+    """The temperature T that minimises the cross-entropy of :func:`tempered_probabilities`
+    (temperature scaling, Guo et al. 2017): T > 1 softens over-confident logits, T < 1 sharpens
+    under-confident ones; the predicted class never changes.
+
+    A grid over log T in [``low``, ``high``], then golden-section search around its best point.
+
+    Shape:
+        logits: (views, N, classes); labels: (N,).
+    """
+    if logits.ndim != 3 or logits.shape[1] != len(labels) or len(labels) == 0:
+        raise ValueError(f"need logits (views, N, classes) for N > 0 labels, got {tuple(logits.shape)} and {len(labels)}")
+
+    def nll(log_t: float) -> float:
+        probs = tempered_probabilities(logits, math.exp(log_t))
+        return float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
+
+    grid = np.linspace(math.log(low), math.log(high), 81)
+    losses = [nll(g) for g in grid]
+    i = int(np.argmin(losses))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(40):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(d)
+    return float(math.exp((a + b) / 2))
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict]:
+    """Equal-width confidence bins: for each, its edges, how many answers fell in it, their
+    accuracy and their mean confidence (None for an empty bin). A reliability diagram draws them."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        mask = which == b
+        count = int(mask.sum())
+        out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                    "accuracy": float(correct[mask].mean()) if count else None,
+                    "confidence": float(confidence[mask].mean()) if count else None})
+    return out
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     """ECE with equal-width confidence bins: sum over bins of |accuracy - confidence| x share."""
     if len(confidence) == 0:
         return float("nan")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability_bins(confidence, correct, bins) if b["count"]) / len(confidence))
 
 
 @dataclass
@@ -125,6 +199,7 @@ class Evaluation:
         confusion: (classes, classes) counts, rows true class, columns predicted.
         ece: expected calibration error (15 bins).
         confidence_right, confidence_wrong: mean top probability on right and wrong answers.
+        reliability: the 15 confidence bins of the ECE (:func:`reliability_bins`).
     """
 
     class_names: list[str]
@@ -140,6 +215,7 @@ class Evaluation:
     confidence_wrong: float
     count: int = 0
     extra: dict = field(default_factory=dict)
+    reliability: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -154,6 +230,7 @@ class Evaluation:
                 for name, p, r, f, s in zip(self.class_names, self.precision, self.recall, self.f1, self.support)
             },
             "confusion": self.confusion,
+            "reliability": self.reliability,
             **self.extra,
         }
 
@@ -211,6 +288,7 @@ def summarize_predictions(probs: torch.Tensor, labels: torch.Tensor, class_names
         confidence_right=float(conf[correct].mean()) if correct.any() else float("nan"),
         confidence_wrong=float(conf[~correct].mean()) if (~correct).any() else float("nan"),
         count=n,
+        reliability=reliability_bins(conf, correct.astype(np.float64)),
     )
 
 
@@ -226,6 +304,8 @@ def evaluate_run(
     limit: int | None = None,
     flip: bool | None = None,
     confusion_png: str | os.PathLike | None = None,
+    reliability_png: str | os.PathLike | None = None,
+    calibrated: bool = True,
 ) -> Evaluation:
     """Evaluates a run on a validation split under one view.
 
@@ -244,6 +324,9 @@ def evaluate_run(
         flip: average each image's softmax with its mirror image's; default the run's own
             validation setting (``flip_test``).
         confusion_png: also draw the confusion matrix into this PNG file.
+        reliability_png: also draw the reliability diagram (accuracy against confidence) into
+            this PNG file.
+        calibrated: use the run's fitted temperature, when it has one (``calibration.json``).
 
     Raises:
         ConfigError, DataError: bad options, missing run, mismatched classes.
@@ -257,7 +340,8 @@ def evaluate_run(
     config = run.run_config()
     runtime.configure()
     device_t = runtime.resolve_device(device)
-    model = run.load_model(weights, device_t, config=config)
+    model = run.load_model(weights, device_t, config=config, calibrated=calibrated)
+    temperature = run.temperature(weights) if calibrated else None
     flatten_size = config.model.get("input_size")
     if scales is not None:
         views = [Fixed(s) for s in scales]
@@ -303,9 +387,14 @@ def evaluate_run(
     evaluation.extra = {
         "view": " + ".join(v.describe() for v in views) + (", with mirror images" if flip else ""),
         "weights": weights,
+        "temperature": temperature,
         "skipped_files": [reason for _, reason in failures],
     }
     if confusion_png is not None:
         plot_confusion(evaluation.confusion, evaluation.class_names, Path(confusion_png),
                        f"{run_path}: {evaluation.extra['view']}")
+    if reliability_png is not None:
+        calibration = "uncalibrated" if temperature is None else f"temperature {temperature:.3f}"
+        plot_reliability(evaluation.reliability, Path(reliability_png),
+                         f"{run_path}: {evaluation.extra['view']}, {calibration}; ECE {evaluation.ece:.4f}")
     return evaluation

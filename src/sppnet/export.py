@@ -8,7 +8,9 @@ network exports with any N, H and W >= its stride.
 The exported graph takes float RGB values 0..255, N x 3 x H x W (input ``image``), and returns
 ``logits`` and ``probabilities`` (N x classes). Class names, the training size and the model
 name are stored in the ONNX model's metadata (``class_names`` as JSON, ``input_size``,
-``model``, ``sppnet_version``).
+``model``, ``sppnet_version``). A run calibrated by temperature scaling (``calibration.json``)
+exports calibrated logits and probabilities: the temperature is folded into the last layer, and
+the metadata's ``temperature`` records which one.
 
 ONNX needs the optional extra: ``pip install 'sppnet[export]'`` (onnx, onnxruntime, onnxscript).
 """
@@ -91,6 +93,7 @@ def export_onnx(
     class_names: Sequence[str] | None = None,
     input_size: int = 180,
     opset: int = DEFAULT_OPSET,
+    temperature: float | None = None,
 ) -> Path:
     """Writes an ONNX model with dynamic batch, height and width.
 
@@ -98,6 +101,9 @@ def export_onnx(
         model: a model of the flower family (put in eval mode, on the CPU, for the export).
         path: the .onnx file to write (atomically: a failed export leaves no file).
         class_names: stored in the metadata; default ``class_0``, ``class_1``, ...
+        temperature: the calibration temperature already folded into ``model``'s last layer
+            (:meth:`RunFolder.load_model`), recorded in the metadata (``temperature``) for readers;
+            the graph's outputs are the calibrated ones, nothing has to apply it again.
         input_size: the training size, stored in the metadata and used for the example input.
         opset: ONNX opset version (>= 18; default 18).
 
@@ -137,6 +143,8 @@ def export_onnx(
             "model": json.dumps(getattr(model, "config", {})),
             "sppnet_version": __version__,
         }
+        if temperature is not None:
+            metadata["temperature"] = repr(float(temperature))
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -236,7 +244,7 @@ def export_run(run_dir: str | os.PathLike, onnx: str | os.PathLike | None = None
     model = run.load_model(weights, "cpu", fast_paths=False, config=config)
     written: dict[str, tuple[Path, float | None]] = {}
     if onnx:
-        path = export_onnx(model, onnx, list(config.class_names), config.input_size, opset)
+        path = export_onnx(model, onnx, list(config.class_names), config.input_size, opset, run.temperature(weights))
         do_check = check if check is not None else importlib.util.find_spec("onnxruntime") is not None
         written["onnx"] = (path, check_onnx(model, path, config.input_size) if do_check else None)
     if torchscript:

@@ -73,6 +73,31 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     _save(fig, path)
 
 
+def plot_reliability(bins: Sequence[dict], path: Path, title: str = "Reliability") -> None:
+    """A reliability diagram: each confidence bin's accuracy as a bar beside the diagonal a
+    calibrated model would follow, with how many answers each bin holds underneath."""
+    fig = _figure(figsize=(6, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    filled = [b for b in bins if b["count"]]
+    width = [b["high"] - b["low"] for b in filled]
+    left = [b["low"] for b in filled]
+    top.bar(left, [b["accuracy"] for b in filled], width=width, align="edge", edgecolor="black",
+            color="#4c72b0", label="accuracy")
+    top.bar(left, [b["confidence"] - b["accuracy"] for b in filled], bottom=[b["accuracy"] for b in filled],
+            width=width, align="edge", color="#dd8452", alpha=0.5, label="gap to the mean confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(_label(title), fontsize=9)
+    bottom.bar([b["low"] for b in bins], [b["count"] for b in bins], width=[b["high"] - b["low"] for b in bins],
+               align="edge", color="gray", edgecolor="black")
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("images")
+    _save(fig, path)
+
+
 def plot_comparison(histories: dict[str, Sequence[dict]], path: Path) -> None:
     """Validation accuracy and loss curves of several runs overlaid."""
     fig = _figure(figsize=(12, 4.5))

@@ -275,11 +275,34 @@ class RunFolder:
 
     # the model ------------------------------------------------------------------------------
 
+    def temperature(self, weights: str = "best") -> float | None:
+        """The temperature fitted for the ``best`` or ``last`` weights (``calibration.json``,
+        written by a run trained with ``calibrate`` > 0); None when the run has none."""
+        path = self.file("calibration.json")
+        if not path.is_file():
+            return None
+        entry = self.read_json("calibration.json")
+        section = entry.get(weights) if isinstance(entry, dict) else None
+        value = section.get("temperature") if isinstance(section, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+            raise DataError(f"{path}: no usable temperature for the {weights!r} weights (a positive number under "
+                            f"'{weights}'.'temperature'); delete the file to use the model uncalibrated")
+        return float(value)
+
+    def write_calibration(self, entry: dict) -> None:
+        """Stores the fitted temperatures: ``{"best": {"temperature": T, ...}, "last": {...}}``."""
+        self.write_json("calibration.json", entry)
+
     def load_model(self, weights: str = "best", device: torch.device | str = "cpu",
-                   fast_paths: bool | None = None, config: RunConfig | None = None) -> torch.nn.Module:
+                   fast_paths: bool | None = None, config: RunConfig | None = None,
+                   calibrated: bool = True) -> torch.nn.Module:
         """Rebuilds the run's model with its ``best`` or ``last`` weights (eval mode).
 
         ``config``: the run's :meth:`run_config`, when the caller has read it already.
+        ``calibrated``: when the run has a fitted temperature T (``calibration.json``), the last
+        layer's weights and bias are divided by T, so that the model's logits are the calibrated
+        ones: every user of the model (predict, evaluate, serve, explain, the exported ONNX and
+        TorchScript files) gives calibrated probabilities, and the predicted class is unchanged.
         """
         if weights not in ("best", "last"):
             raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
@@ -296,6 +319,11 @@ class RunFolder:
         tensors = self.load_weights(weights)
         check_weights(tensors, model, path)
         model.load_state_dict(tensors)
+        temperature = self.temperature(weights) if calibrated else None
+        if temperature is not None:
+            with torch.no_grad():
+                model.classifier[-1].weight.div_(temperature)
+                model.classifier[-1].bias.div_(temperature)
         return model.to(device, memory_format=torch.channels_last).eval()
 
     # checkpoints ------------------------------------------------------------------------------
@@ -324,11 +352,15 @@ class RunFolder:
         check_writable(self.path, f"--out {self.path}")
 
     def save_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, history: list[dict],
-                   validation: dict, best: dict, train_rates: list[float], failures: list[tuple[str, str]]) -> None:
+                   validation: dict, best: dict, train_rates: list[float], failures: list[tuple[str, str]],
+                   averaged: torch.nn.Module | None = None) -> None:
         """Writes a finished epoch: weights, history, metrics, curves, then ``state.pt`` (last:
         it marks the epoch as finished, so a run killed before it resumes from the epoch before).
 
         Args:
+            model: the model being trained. averaged: its moving average
+                (``torch.optim.swa_utils.AveragedModel``), when the run keeps one: then the
+                weights files hold the average (what was validated) and ``state.pt`` both.
             history: every epoch's row so far, the latest last.
             validation: the epoch's validation metrics (without per-class values).
             best: ``{"epoch", "val_accuracy"}`` of the best epoch so far; updated here.
@@ -339,7 +371,12 @@ class RunFolder:
         from .report import plot_curves
 
         row = history[-1]
-        state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+        def cpu_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+        train_state = cpu_copy(model)
+        state_dict = train_state if averaged is None else cpu_copy(averaged.module)
         self.save_weights("last", state_dict)
         if row["val_accuracy"] > best["val_accuracy"] or best["epoch"] == 0:
             best.update(epoch=row["epoch"], val_accuracy=row["val_accuracy"])
@@ -364,14 +401,17 @@ class RunFolder:
             plot_curves(history, self.file("curves.png"))
         except ImportError:
             log.warning("matplotlib is not installed: no curves.png")
-        self.save_state({
-            "model": state_dict,
+        state = {
+            "model": train_state,
             "optimizer": optimizer.state_dict(),
             "epoch": row["epoch"],
             "best_epoch": best["epoch"],
             "best_val_accuracy": best["val_accuracy"],
             "torch_rng": torch.get_rng_state(),
-        })
+        }
+        if averaged is not None:
+            state["averaged"] = cpu_copy(averaged)
+        self.save_state(state)
 
     # training state -------------------------------------------------------------------------
 
@@ -380,10 +420,12 @@ class RunFolder:
         torch.save(state, buffer)
         atomic_write_bytes(self.file("state.pt"), buffer.getvalue())
 
-    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Checkpoint:
+    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               averaged: torch.nn.Module | None = None) -> Checkpoint:
         """Loads the last finished epoch's model and optimizer states into ``model`` and
-        ``optimizer`` and returns where the run stands; a fresh :class:`Checkpoint` when no epoch
-        was finished (no ``state.pt``)."""
+        ``optimizer`` (and the moving average into ``averaged``, when the run keeps one) and
+        returns where the run stands; a fresh :class:`Checkpoint` when no epoch was finished (no
+        ``state.pt``)."""
         for path in remove_temporaries(self.path):  # what a killed writer left behind
             log.info("removed %s, left by an interrupted write", path)
         if not self.file("state.pt").is_file():
@@ -394,6 +436,10 @@ class RunFolder:
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if averaged is not None:
+                if not isinstance(state.get("averaged"), dict):
+                    raise KeyError("no moving average of the weights ('averaged') in it")
+                averaged.load_state_dict(state["averaged"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
             raise DataError(f"{path}: the training state does not fit the run's model and optimiser "
                             f"({str(err).splitlines()[0][:200]})") from None

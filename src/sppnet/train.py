@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim import swa_utils
 
 from . import data as data_mod
 from . import runtime
@@ -31,14 +32,15 @@ from .distributed import DistContext, all_reduce_sum, gather_predictions, shared
 from .distributed import init as dist_init
 from .distributed import shutdown as dist_shutdown
 from .errors import DataError
-from .evaluate import predict_batches, summarize_predictions, to_device_batch
+from .evaluate import (fit_temperature, predict_batches, predict_logits, summarize_predictions, tempered_probabilities,
+                       to_device_batch)
 from .models import count_parameters
 from .runs import Checkpoint, RunConfig, RunFolder
 from .sizing import SizePolicy, epoch_generator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "train_one_epoch", "learning_rate", "make_optimizer", "Reporter", "format_epoch_line"]
+__all__ = ["train", "train_one_epoch", "learning_rate", "make_optimizer", "ema_update", "Reporter", "format_epoch_line"]
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -65,6 +67,24 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def ema_update(decay: float):
+    """The update of an exponential moving average of the weights, for
+    ``torch.optim.swa_utils.AveragedModel(multi_avg_fn=...)``: after ``n`` updates the average
+    moves towards the weights by ``1 - min(decay, (1 + n) / (10 + n))``, so early in training,
+    when the weights change fast, the average follows them instead of keeping the random start."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        for avg, cur in zip(averaged, current):
+            if avg.is_floating_point():
+                avg.lerp_(cur, weight)
+            else:  # counters such as batch norm's num_batches_tracked
+                avg.copy_(cur)
+
+    return update
 
 
 class Reporter:
@@ -103,6 +123,7 @@ def train_one_epoch(
     lr_at=None,
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
+    after_step=None,
 ) -> tuple[float, float, int]:
     """One pass over the training batches.
 
@@ -113,7 +134,8 @@ def train_one_epoch(
 
     ``lr_at(step)`` (step counted from 0 in this epoch), when given, sets the learning rate of
     every parameter group before each step. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
-    forward pass under autocast; weights, optimizer and loss stay float32.
+    forward pass under autocast; weights, optimizer and loss stay float32. ``after_step()``, when
+    given, is called after each optimiser step (to update a moving average of the weights).
 
     Returns:
         Mean loss, accuracy and the number of images seen (over all ranks).
@@ -144,6 +166,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         n = len(labels)
         seen += n
         loss_sum += summed.detach().double()
@@ -165,6 +189,7 @@ class _Data:
     train_store: data_mod.ImageStore
     val_store: data_mod.ImageStore
     failures: list[tuple[str, str]]
+    calibration_store: data_mod.ImageStore | None = None
 
 
 def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: DistContext, run: RunFolder,
@@ -179,13 +204,22 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
         reporter.message(f"Warning: class folder(s) with no images: {', '.join(empty)}; the model will never "
                          "predict them (remove the folders, or add images)")
     train_set, val_set = data_mod.run_split(dataset, config.val_split, config.data_seed, config.holdout)
+    cal_set = None
+    if config.calibrate:
+        train_set, cal_set = data_mod.calibration_split(train_set, config.calibrate, config.data_seed)
     if config.limit:
         train_set = train_set.subset(range(min(config.limit, len(train_set))))
         val_set = val_set.subset(range(min(config.limit, len(val_set))))
+        cal_set = cal_set.subset(range(min(config.limit, len(cal_set)))) if cal_set is not None else None
     if len(train_set) == 0:
         raise DataError(f"{root}: no training images after the split")
+    if cal_set is not None and len(cal_set) == 0:
+        raise DataError(f"{root}: --calibrate {config.calibrate} holds out no image of the training split; "
+                        "raise it or use more images")
     val_view = policy.test_view()
     subsets = [(train_set, policy.store_size), (val_set, val_view.store_size)]
+    if cal_set is not None:
+        subsets.append((cal_set, val_view.store_size))
     folder, why = data_mod.store_folder(subsets, run.path, store_dir)
     if why:
         reporter.message(f"{why}; --store-dir picks another folder")
@@ -202,9 +236,15 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
     train_store, n_train, failed = shared_store(ctx, decode(train_set, policy), "train")
     val_store, n_val, failed_val = shared_store(ctx, decode(val_set, val_view), "val")
     failures = failed + failed_val
+    cal_store, n_cal = None, 0
+    if cal_set is not None:
+        cal_store, n_cal, failed_cal = shared_store(ctx, decode(cal_set, val_view), "calibration")
+        failures += failed_cal
     reporter.message(
         f"Found {len(dataset)} files belonging to {len(dataset.class_names)} classes; using "
-        f"{n_train} for training and {n_val} for validation"
+        f"{n_train} for training"
+        f"{f', {n_cal} (held out from the training split) to calibrate' if cal_set is not None else ''}"
+        f" and {n_val} for validation"
         f"{' (held out from the training split)' if config.holdout else ''} "
         f"(decoded in {time.perf_counter() - start:.1f}s)"
     )
@@ -214,7 +254,7 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
             reporter.message(f"  {reason}")
     if n_train == 0:
         raise DataError(f"{root}: none of the training images could be decoded")
-    return _Data(root, dataset.class_names, train_store, val_store, failures)
+    return _Data(root, dataset.class_names, train_store, val_store, failures, cal_store)
 
 
 def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None = None, backend: str | None = None,
@@ -292,7 +332,10 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     augment = Augment(rotation=config.rotation, zoom=config.zoom) if config.augment else None
-    checkpoint = run.resume(model, optimizer) if resume else Checkpoint()
+    averaged = None
+    if config.ema:
+        averaged = swa_utils.AveragedModel(model, multi_avg_fn=ema_update(config.ema), use_buffers=True)
+    checkpoint = run.resume(model, optimizer, averaged) if resume else Checkpoint()
     start_epoch, history, best = checkpoint.epoch, checkpoint.history, checkpoint.best
     if resume and start_epoch == 0:
         # Killed before the first epoch was finished: nothing to continue, start in place.
@@ -331,14 +374,16 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
                 on_step if reporter.wants_steps else None, ctx,
                 lr_at=lr_at if config.schedule != "constant" or config.warmup_epochs else None,
                 label_smoothing=config.label_smoothing, amp_dtype=amp_dtype,
+                after_step=(lambda: averaged.update_parameters(model)) if averaged is not None else None,
             )
             train_seconds = time.perf_counter() - t0
             if train_seconds > 0:
                 train_rates.append(len(data.train_store) / train_seconds)
             val_batches = val_view.batches(data.val_store, config.batch_size, shuffle=False, rank=ctx.rank,
                                            world_size=ctx.world_size, drop_incomplete=False)
+            validated = model if averaged is None else averaged.module
             probs, labels, indices = gather_predictions(
-                ctx, *predict_batches(model, val_batches, device, flip=config.flip_test, amp_dtype=amp_dtype))
+                ctx, *predict_batches(validated, val_batches, device, flip=config.flip_test, amp_dtype=amp_dtype))
             evaluation = summarize_predictions(probs, labels, data.class_names)
             seconds = time.perf_counter() - t0
             row = {
@@ -348,15 +393,57 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
             history.append(row)
             if ctx.is_main:
                 validation = {k: v for k, v in evaluation.to_dict().items() if k not in ("per_class", "confusion")}
-                run.save_epoch(model, optimizer, history, validation, best, train_rates, data.failures)
+                run.save_epoch(model, optimizer, history, validation, best, train_rates, data.failures, averaged)
             reporter.epoch(format_epoch_line(epoch + 1, config.epochs, steps, seconds, row))
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else start_epoch
         reporter.message(f"Interrupted: {run.path} holds {done} finished epoch(s); continue with --resume")
         raise
     ctx.barrier()
+    if data.calibration_store is not None and ctx.is_main and history:
+        _calibrate(config, run, data, policy, device, amp_dtype, reporter)
+    ctx.barrier()
     metrics = run.read_json("metrics.json") if ctx.is_main and run.file("metrics.json").is_file() else {}
     return metrics
+
+
+def _calibrate(config: TrainConfig, run: RunFolder, data: _Data, policy: SizePolicy, device: torch.device,
+               amp_dtype: torch.dtype | None, reporter: Reporter) -> None:
+    """Fits the temperature of the best and the last weights on the calibration hold-out (part of
+    the training split), writes ``calibration.json`` and adds the calibrated validation metrics
+    to ``metrics.json``."""
+    view = policy.test_view()
+    entry: dict = {"images": len(data.calibration_store), "share": config.calibrate, "view": view.describe()
+                   + (", with mirror images" if config.flip_test else "")}
+    calibrated: dict = {}
+    for weights in ("best", "last"):
+        model = run.load_model(weights, device, calibrated=False)
+
+        def logits_of(store):
+            batches = view.batches(store, config.batch_size, shuffle=False, drop_incomplete=False)
+            return predict_logits(model, batches, device, flip=config.flip_test, amp_dtype=amp_dtype)
+
+        logits, labels, _ = logits_of(data.calibration_store)
+        temperature = fit_temperature(logits, labels)
+        before = summarize_predictions(tempered_probabilities(logits, 1.0).float(), labels, data.class_names)
+        after = summarize_predictions(tempered_probabilities(logits, temperature).float(), labels, data.class_names)
+        entry[weights] = {"temperature": temperature, "ece_before": before.ece, "ece_after": after.ece,
+                          "loss_before": before.loss, "loss_after": after.loss}
+        val_logits, val_labels, _ = logits_of(data.val_store)
+        evaluation = summarize_predictions(tempered_probabilities(val_logits, temperature).float(), val_labels,
+                                           data.class_names)
+        calibrated[weights] = {"temperature": temperature, "val_loss": evaluation.loss,
+                               "val_accuracy": evaluation.accuracy, "val_ece": evaluation.ece}
+    run.write_calibration(entry)
+    metrics = run.read_json("metrics.json")
+    metrics["calibrated"] = calibrated
+    run.write_json("metrics.json", metrics)
+    last = calibrated["last"]
+    reporter.message(
+        f"Calibrated on {entry['images']} held-out training images: temperature {last['temperature']:.3f} "
+        f"(last weights); validation ECE {metrics['validation']['ece']:.4f} -> {last['val_ece']:.4f}, "
+        f"loss {metrics['validation']['loss']:.4f} -> {last['val_loss']:.4f}"
+    )
 
 
 _MOVED = {

@@ -18,8 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a run on its validation split",
         description=(
-            "Loss, accuracy, per-class precision/recall/F1, calibration and a confusion matrix (text and "
-            "PNG) of a run on a validation split. Views: --size S (warped), --native S (each image whole, "
+            "Loss, accuracy, per-class precision/recall/F1, calibration (ECE and a reliability diagram) and a "
+            "confusion matrix (text and PNG) of a run on a validation split. Views: --size S (warped), --native S (each image whole, "
             "SPP-net's full-image view), --scales S1,S2,... (softmax averaged over sizes)."
         ),
         epilog=(
@@ -42,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--limit", type=int, help="only the first N validation images")
     parser.add_argument("--confusion-png", help="where to draw the confusion matrix (default RUN/confusion.png)")
+    parser.add_argument("--reliability-png",
+                        help="where to draw the reliability diagram (default RUN/reliability.png)")
+    parser.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
+                        help="use the run's fitted temperature, when it has one (default: yes)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(run=run)
 
@@ -50,14 +54,18 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_run
 
     png = Path(args.confusion_png) if args.confusion_png else Path(args.run_dir) / "confusion.png"
+    reliability = Path(args.reliability_png) if args.reliability_png else Path(args.run_dir) / "reliability.png"
     evaluation = evaluate_run(args.run_dir, args.data, args.size, args.native, args.scales, args.weights,
-                              args.batch_size, args.device, args.limit, args.flip, confusion_png=png)
+                              args.batch_size, args.device, args.limit, args.flip, confusion_png=png,
+                              reliability_png=reliability, calibrated=args.calibrated)
     if args.json:
         print(json.dumps(evaluation.to_dict(), indent=2))
     else:
-        print(f"view: {evaluation.extra['view']}, {args.weights} weights")
+        temperature = evaluation.extra["temperature"]
+        calibration = "uncalibrated" if temperature is None else f"temperature {temperature:.3f}"
+        print(f"view: {evaluation.extra['view']}, {args.weights} weights, {calibration}")
         print(evaluation.report())
-        print(f"\nconfusion matrix picture: {png}")
+        print(f"\nconfusion matrix picture: {png}\nreliability diagram: {reliability}")
     for reason in evaluation.extra["skipped_files"]:
         print(f"skipped: {reason}", file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ from ..errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MAX_DEPTH", "Dataset", "is_image_name", "walk_images", "scan", "split", "run_split",
+    "IMAGE_EXTENSIONS", "MAX_DEPTH", "Dataset", "is_image_name", "walk_images", "scan", "split", "run_split", "calibration_split",
     "expand_images",
 ]
 
@@ -165,6 +165,12 @@ def run_split(dataset: Dataset, val_split: float = 0.2, seed: int = 123, holdout
     return train, val
 
 
+
+
+def calibration_split(train: Dataset, share: float, seed: int = 123) -> tuple[Dataset, Dataset]:
+    """(fitting, calibration): ``share`` of a run's training set held out (seed + 2, so it never
+    meets the tuning hold-out's draw) to fit the temperature; the model never trains on it."""
+    return split(train, share, seed + 2)
 
 
 def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:

@@ -1,0 +1,176 @@
+"""Temperature scaling, the reliability diagram and the moving average of the weights."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sppnet.cli import main
+from sppnet.config import TrainConfig
+from sppnet.errors import ConfigError, DataError
+from sppnet.evaluate import (evaluate_run, expected_calibration_error, fit_temperature, reliability_bins,
+                             tempered_probabilities)
+from sppnet.predict import Predictor
+from sppnet.runs import RunFolder
+from sppnet.train import ema_update, train
+
+from conftest import make_dataset
+
+
+def sampled_task(temperature: float, n: int = 20000, views: int = 1, seed: int = 0):
+    """Logits whose labels are drawn from softmax(logits / temperature): the right temperature is known."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, 5, generator=g)
+    labels = torch.multinomial(torch.softmax(logits / temperature, dim=1), 1, generator=g).squeeze(1)
+    return logits.expand(views, n, 5).clone(), labels
+
+
+@pytest.mark.parametrize("true_t", [0.5, 1.0, 2.5])
+def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_with(true_t):
+    logits, labels = sampled_task(true_t)
+    assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.06)
+
+
+def test_fitted_temperature_lowers_the_loss_and_ece_and_keeps_every_answer():
+    logits, labels = sampled_task(2.5, views=2)
+    t = fit_temperature(logits, labels)
+    before, after = tempered_probabilities(logits, 1.0), tempered_probabilities(logits, t)
+    assert torch.equal(before.argmax(1), after.argmax(1))
+    nll = lambda p: float(torch.nn.functional.nll_loss(p.log(), labels))  # noqa: E731
+    assert nll(after) < nll(before)
+    ece = lambda p: expected_calibration_error(p.max(1).values.numpy(), (p.argmax(1) == labels).numpy().astype(float))  # noqa: E731
+    assert ece(after) < 0.02 < ece(before)
+
+
+def test_fit_temperature_refuses_shapes_it_cannot_use():
+    with pytest.raises(ValueError):
+        fit_temperature(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError):
+        fit_temperature(torch.zeros(1, 0, 5), torch.zeros(0, dtype=torch.long))
+
+
+def test_reliability_bins_add_up_to_the_ece():
+    confidence = np.array([0.1, 0.55, 0.58, 0.95, 0.99, 1.0])
+    correct = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    bins = reliability_bins(confidence, correct, bins=10)
+    assert [b["count"] for b in bins] == [1, 0, 0, 0, 0, 2, 0, 0, 0, 3]
+    assert bins[5]["accuracy"] == 0.5 and bins[5]["confidence"] == pytest.approx(0.565)
+    assert bins[1]["accuracy"] is None
+    by_hand = (1 * 0.1 + 2 * abs(0.5 - 0.565) + 3 * abs(1 - (0.95 + 0.99 + 1.0) / 3)) / 6
+    assert expected_calibration_error(confidence, correct, bins=10) == pytest.approx(by_hand)
+
+
+def test_moving_average_starts_by_following_the_weights_then_settles_to_its_decay():
+    update = ema_update(0.99)
+    avg, cur = [torch.zeros(3)], [torch.ones(3)]
+    update(avg, cur, torch.tensor(1))  # early: moves by 1 - 2/11
+    assert avg[0][0].item() == pytest.approx(1 - 2 / 11)
+    avg = [torch.zeros(3)]
+    update(avg, cur, torch.tensor(10_000))  # late: by 1 - decay
+    assert avg[0][0].item() == pytest.approx(0.01)
+    counter = [torch.tensor(3)]
+    update(counter, [torch.tensor(7)], torch.tensor(5))
+    assert counter[0].item() == 7
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    data = make_dataset(tmp_path_factory.mktemp("data") / "ds", {"amber": 14, "jade": 12, "sky": 10},
+                        size=(48, 36), vary=True)
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", str(data), "--out", str(out), "--epochs", "3", "--native", "32", "--batch-size", "8",
+                 "--calibrate", "0.25", "--ema", "0.9", "--flip-test"]) == 0
+    return data, out
+
+
+def test_training_with_calibrate_holds_out_training_images_and_stores_temperatures(calibrated_run):
+    data, out = calibrated_run
+    run = RunFolder(out)
+    entry = json.loads((out / "calibration.json").read_text())
+    assert entry["images"] == int(0.25 * 29)  # a quarter of the 29 training files (36 - 7 validation)
+    for weights in ("best", "last"):
+        assert run.temperature(weights) == entry[weights]["temperature"] > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["calibrated"]["last"]["val_accuracy"] == metrics["final"]["val_accuracy"]
+    assert metrics["calibrated"]["last"]["temperature"] == run.temperature("last")
+
+
+def test_every_user_of_a_calibrated_run_gets_the_tempered_probabilities(calibrated_run, tmp_path):
+    data, out = calibrated_run
+    run = RunFolder(out)
+    t = run.temperature("best")
+    raw, calibrated = run.load_model("best", calibrated=False), run.load_model("best")
+    x = torch.rand(2, 3, 40, 56) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(calibrated(x), raw(x) / t, rtol=1e-4, atol=1e-5)
+    image = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((36, 48, 3)) * 255).astype(np.uint8)).save(image)
+    predictor = Predictor.from_run(out)
+    tensor = predictor.prepare(str(image))
+    with torch.no_grad():
+        expected = 0.5 * (torch.softmax(raw(tensor) / t, 1) + torch.softmax(raw(tensor.flip(-1)) / t, 1))
+    got = predictor.predict(str(image)).probabilities
+    assert list(got.values()) == pytest.approx(expected[0].tolist(), abs=1e-5)
+
+
+def test_evaluate_draws_the_reliability_diagram_and_says_which_temperature(calibrated_run, tmp_path, capsys):
+    data, out = calibrated_run
+    png = tmp_path / "rel.png"
+    assert main(["evaluate", str(out), "--reliability-png", str(png), "--confusion-png", str(tmp_path / "c.png")]) == 0
+    text = capsys.readouterr().out
+    assert f"temperature {RunFolder(out).temperature('best'):.3f}" in text and str(png) in text
+    assert Image.open(png).size[0] > 300
+    on, off = evaluate_run(out), evaluate_run(out, calibrated=False)
+    assert on.accuracy == off.accuracy and on.confusion == off.confusion
+    assert on.extra["temperature"] == RunFolder(out).temperature("best") and off.extra["temperature"] is None
+    assert on.loss != off.loss
+    assert sum(b["count"] for b in on.reliability) == on.count
+
+
+def test_a_run_with_a_moving_average_saves_the_average_and_resumes_it(calibrated_run, tmp_path):
+    data, out = calibrated_run
+    state = torch.load(out / "state.pt", weights_only=True)
+    last = RunFolder(out).load_weights("last")
+    assert any(not torch.equal(state["model"][k], last[k]) for k in last)  # the files hold the average
+    for k in last:
+        torch.testing.assert_close(state["averaged"][f"module.{k}"], last[k])
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert main(["train", str(data), "--out", str(copy), "--resume", "--epochs", "4"]) == 0
+    assert len(RunFolder(copy).read_history()) == 4
+    # A state without the average cannot continue a run that keeps one: one line, nothing lost.
+    del state["averaged"]
+    torch.save(state, copy / "state.pt")
+    before = (copy / "state.pt").read_bytes()
+    with pytest.raises(DataError, match="moving average"):
+        train(TrainConfig(data=str(data), out=str(copy), epochs=5), resume=True)
+    assert (copy / "state.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("content", ['{"best": {"temperature": -1}}', '{"best": 3}', '[1, 2]', "{not json"])
+def test_a_damaged_calibration_file_gets_one_line(calibrated_run, tmp_path, content, capsys):
+    data, out = calibrated_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "calibration.json").write_text(content)
+    assert main(["evaluate", str(copy)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration.json" in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("option, value", [("calibrate", 0.6), ("calibrate", -0.1), ("ema", 1.0), ("ema", float("nan"))])
+def test_bad_calibrate_and_ema_options_name_the_flag(option, value):
+    with pytest.raises(ConfigError, match=f"--{option}"):
+        TrainConfig(**{option: value}).validate()
+
+
+def test_calibrate_that_holds_out_nothing_is_refused_before_anything_is_written(tmp_path):
+    data = make_dataset(tmp_path / "ds", {"a": 3, "b": 3})
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="--calibrate"):
+        train(TrainConfig(data=str(data), out=str(out), epochs=1, calibrate=0.1, batch_size=2,
+                          policy={"kind": "fixed", "size": 16}))
+    assert not (out / "state.pt").exists()
