@@ -140,3 +140,25 @@ def test_missing_onnx_package_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ExportError, match=r"pip install 'sppnet\[export\]'"):
         export_onnx(model_for("spp"), tmp_path / "m.onnx")
+
+
+def test_a_calibrated_run_exports_calibrated_probabilities(tmp_path, capsys):
+    from conftest import make_dataset
+    from sppnet.predict import Predictor
+    from sppnet.runs import RunFolder
+
+    data = make_dataset(tmp_path / "ds", {"x": 8, "y": 8}, size=(40, 30))
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--epochs", "1", "--native", "32", "--batch-size", "4",
+                 "--calibrate", "0.25"]) == 0
+    temperature = RunFolder(run).temperature("best")
+    assert main(["export", str(run), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert float(meta["temperature"]) == temperature
+    onnx_predictor = Predictor.from_onnx(tmp_path / "m.onnx")
+    assert onnx_predictor.model.temperature == temperature
+    image = str(data / "x" / "img_000.jpg")
+    calibrated = Predictor.from_run(run).predict(image).probabilities
+    raw = Predictor(RunFolder(run).load_model(calibrated=False), ["x", "y"], 32).predict(image).probabilities
+    assert raw != pytest.approx(calibrated, abs=1e-4)
+    assert onnx_predictor.predict(image).probabilities == pytest.approx(calibrated, abs=1e-5)

@@ -266,6 +266,8 @@ class OnnxModel(torch.nn.Module):
             self.class_names = json.loads(meta["class_names"])
             self.input_size = int(meta["input_size"])
             self.config = json.loads(meta.get("model", "{}"))
+            # Already folded into the graph's logits; recorded for readers (None: uncalibrated).
+            self.temperature = float(meta["temperature"]) if "temperature" in meta else None
         except (KeyError, ValueError, TypeError):
             raise ExportError(f"{path}: not an ONNX model exported by sppnet (metadata missing)") from None
         if not (isinstance(self.class_names, list) and self.class_names
