@@ -1,21 +1,26 @@
 """Accuracy of the presets: honest tuning on the training split, then 3 seeds on the validation split.
 
-Two stages, each a set of ordinary run folders under ``--out`` (finished runs are reused,
-interrupted ones resumed, so the script can be stopped and started again):
+Stages, each a set of ordinary run folders under ``--out`` (finished runs are reused, interrupted
+ones resumed, so the script can be stopped and started again):
 
   1. ``tune/NAME``: each candidate recipe trained with ``--holdout 0.2``: validated on a fifth of
-     the 2,936 training files; the validation split is never read. The ``study-plus-no-*`` runs
-     remove one ingredient at a time; the test-view ingredients (mirror images, whole images)
-     are measured on the ``study-plus`` tuning run by evaluating it without them.
-  2. ``PRESET/seedN``: each preset trained on the whole training split and validated once on the
-     validation split (seed 123), with training seeds 123, 1 and 2.
+     the 2,936 training files; the validation split is never read. The ``best-no-*`` and
+     ``fast-no-*`` runs remove one ingredient of the preset at a time, at the preset's full length.
+  2. ``PRESET/seedN``: each preset trained on the whole training split (less its calibration
+     hold-out) and validated once on the validation split (seed 123), with training seeds 123, 1, 2.
 
 Then it prints one markdown table per stage: final-epoch validation accuracy (never the best
-epoch: choosing an epoch by validation accuracy would peek), mean and spread over seeds, ECE,
-mean confidence right/wrong and CPU minutes.
+epoch: choosing an epoch by validation accuracy would peek), mean and spread over seeds, ECE
+before and after temperature scaling, the weakest class's recall, minutes; and the size
+table: each preset's seed-123 run tested on whole images at shorter side 128, 180, 256 and 320
+and warped to 180 x 180.
 
     python benchmarks/presets.py ../shared/datasets/flower_photos.tgz --out runs/presets
+    python benchmarks/presets.py DATA --out runs/presets --stages final --presets fast,best
     python benchmarks/presets.py DATA --out runs/presets --report-only   # tables of what exists
+
+Runs can be spread over processes (``--stages``, ``--presets``, ``--tuning``): each process
+trains only what it is given, and ``--report-only`` prints everything that has finished.
 """
 
 from __future__ import annotations
@@ -24,27 +29,28 @@ import argparse
 import statistics
 from pathlib import Path
 
+from sppnet.config import PRESETS, TrainConfig
 from sppnet.evaluate import evaluate_run
 from sppnet.runs import RunFolder
-from sppnet.config import TrainConfig
 from sppnet.train import train
 
 TUNING = {
+    # the round before this one, for reference
+    "best-v1": dict(preset="best", widths=(16, 32, 64, 128), precision="fp32", ema=0.0, label_smoothing=0.0,
+                    calibrate=0.0, epochs=50),
+    "best": dict(preset="best"),
+    "best-no-ema": dict(preset="best", ema=0.0),
+    "best-no-label-smoothing": dict(preset="best", label_smoothing=0.0),
+    "best-narrow": dict(preset="best", widths=(16, 32, 64, 128)),
+    "fast": dict(preset="fast"),
+    "fast-no-ema": dict(preset="fast", ema=0.0),
     "study": dict(preset="study"),
-    # native 180 + cosine at the study's 1e-3 + mirror test view, with label smoothing and decay
-    "study-plus-ls-wd": dict(preset="study-plus", lr=1e-3, warmup_epochs=0, label_smoothing=0.1, weight_decay=0.05),
-    "study-plus": dict(preset="study-plus"),
-    "study-plus-no-native": dict(preset="study-plus", policy={"kind": "fixed", "size": 180}),
-    "study-plus-no-cosine": dict(preset="study-plus", schedule="constant", lr=1e-3, warmup_epochs=0),
-    # the best preset's schedule length, then its ingredients removed one at a time (at 20 epochs)
-    "best50": dict(preset="best"),
-    "best20": dict(preset="best", epochs=20),
-    "best20-no-bn": dict(preset="best", epochs=20, batch_norm=False),
-    "best20-3-blocks": dict(preset="best", epochs=20, widths=(16, 32, 64)),
-    "best20-fixed": dict(preset="best", epochs=20, policy={"kind": "fixed", "size": 128}),
 }
-PRESETS = ("study", "study-plus", "best")
+FINAL = ("study", "study-plus", "fast", "best")
 SEEDS = (123, 1, 2)
+SIZE_VIEWS = (("whole, shorter side 128", dict(native=128)), ("whole, 180", dict(native=180)),
+              ("whole, 256", dict(native=256)), ("whole, 320", dict(native=320)),
+              ("warped to 180 x 180", dict(size=180)))
 
 
 def finished(path: Path) -> bool:
@@ -67,11 +73,15 @@ def summary(path: Path) -> dict:
     run = RunFolder(path)
     metrics = run.read_json("metrics.json")
     history = run.read_history()
+    calibrated = metrics.get("calibrated", {}).get("last")
+    validation = metrics["validation"]
     return {
         "accuracy": metrics["final"]["val_accuracy"],
-        "ece": metrics["validation"]["ece"],
-        "right": metrics["validation"]["confidence_right"],
-        "wrong": metrics["validation"]["confidence_wrong"],
+        "ece": validation["ece"],
+        "ece_calibrated": calibrated["val_ece"] if calibrated else None,
+        "temperature": calibrated["temperature"] if calibrated else None,
+        "right": validation["confidence_right"],
+        "wrong": validation["confidence_wrong"],
         "minutes": sum(r["seconds"] for r in history) / 60,
         "epochs": metrics["epochs"],
     }
@@ -83,52 +93,87 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data")
-    parser.add_argument("--out", default="runs/presets")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--report-only", action="store_true", help="print the tables of the runs that exist")
-    args = parser.parse_args()
-    out = Path(args.out)
-    if not args.report_only:
-        for name, options in TUNING.items():
-            ensure(out / "tune" / name, args.data, {**options, "holdout": 0.2}, args.device)
-        for preset in PRESETS:
-            for seed in SEEDS:
-                ensure(out / preset / f"seed{seed}", args.data, dict(preset=preset, seed=seed, split_seed=123), args.device)
+def mean_or_dash(values: list, fmt: str = ".3f") -> str:
+    values = [v for v in values if v is not None]
+    return format(statistics.mean(values), fmt) if values else "—"
 
+
+def report(out: Path, device: str) -> None:
     print("## Tuning on the training split (hold-out 587 of 2,936 training files, seed 123)\n")
-    print("| recipe | hold-out acc (final epoch) | ECE | epochs | CPU minutes |")
+    print("| recipe | hold-out acc (final epoch) | ECE (calibrated) | epochs | minutes |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in TUNING:
         path = out / "tune" / name
         if finished(path):
             s = summary(path)
-            print(f"| {name} | {s['accuracy']:.4f} | {s['ece']:.3f} | {s['epochs']} | {s['minutes']:.0f} |")
-    for base in ("study", "study-plus"):
-        tuned = out / "tune" / base
-        if not finished(tuned):
-            continue
-        for label, kwargs in (("mirror images at test", dict(flip=True)), ("no mirror images at test", dict(flip=False)),
-                              ("whole images (native 180) at test", dict(native=180, flip=False)),
-                              ("warped to 180x180 at test", dict(size=180, flip=False))):
-            ev = evaluate_run(tuned, weights="last", device=args.device, **kwargs)
-            print(f"| {base}, {label} | {ev.accuracy:.4f} | {ev.ece:.3f} | | |")
+            print(f"| {name} | {s['accuracy']:.4f} | {s['ece']:.3f} ({mean_or_dash([s['ece_calibrated']])}) "
+                  f"| {s['epochs']} | {s['minutes']:.0f} |")
 
-    print("\n## Validation split (734 files, seed 123), 3 training seeds\n")
-    print("| preset | val acc (final epoch), mean ± sd | per seed | ECE | confidence right / wrong | CPU minutes per run |")
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
-    for preset in PRESETS:
+    print("\n## Validation split (734 files, seed 123), 3 training seeds, final epoch\n")
+    print("| preset | val acc, mean ± sd | per seed | weakest class recall (mean) | ECE uncalibrated → calibrated "
+          "| temperature | confidence right / wrong (uncalibrated) | minutes per run |")
+    print("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    for preset in FINAL:
         runs = [out / preset / f"seed{seed}" for seed in SEEDS]
-        done = [summary(p) for p in runs if finished(p)]
+        done = [(p, summary(p)) for p in runs if finished(p)]
         if not done:
             continue
-        accs = [s["accuracy"] for s in done]
+        accs = [s["accuracy"] for _, s in done]
+        recalls: dict[str, list[float]] = {}
+        for path, _ in done:
+            per_class = RunFolder(path).read_json("metrics.json")["validation"].get("per_class")
+            if per_class is None:  # older runs: evaluate
+                per_class = evaluate_run(path, weights="last", device=device).to_dict()["per_class"]
+            for name, values in per_class.items():
+                recalls.setdefault(name, []).append(values["recall"])
+        weakest = min(recalls, key=lambda n: statistics.mean(recalls[n]))
         print(f"| {preset} | {spread(accs)} | {', '.join(f'{a:.4f}' for a in accs)} | "
-              f"{statistics.mean(s['ece'] for s in done):.3f} | "
-              f"{statistics.mean(s['right'] for s in done):.3f} / {statistics.mean(s['wrong'] for s in done):.3f} | "
-              f"{statistics.mean(s['minutes'] for s in done):.0f} |")
+              f"{weakest} {statistics.mean(recalls[weakest]):.3f} | "
+              f"{mean_or_dash([s['ece'] for _, s in done])} → {mean_or_dash([s['ece_calibrated'] for _, s in done])} | "
+              f"{mean_or_dash([s['temperature'] for _, s in done], '.2f')} | "
+              f"{mean_or_dash([s['right'] for _, s in done])} / {mean_or_dash([s['wrong'] for _, s in done])} | "
+              f"{mean_or_dash([s['minutes'] for _, s in done], '.1f')} |")
+
+    print("\n## Size robustness: the seed-123 run of each preset, last weights, tested on other views\n")
+    print("| preset | " + " | ".join(label for label, _ in SIZE_VIEWS) + " | spread over whole 128–256 |")
+    print("| --- | " + " | ".join("---:" for _ in SIZE_VIEWS) + " | ---: |")
+    for preset in FINAL:
+        path = out / preset / "seed123"
+        if not finished(path):
+            continue
+        config = RunFolder(path).run_config()
+        if config.model.get("input_size"):
+            continue  # a flatten model takes one size only
+        accs = [evaluate_run(path, weights="last", device=device, **view).accuracy for _, view in SIZE_VIEWS]
+        whole = accs[:3]
+        print(f"| {preset} | " + " | ".join(f"{a:.4f}" for a in accs) + f" | {max(whole) - min(whole):.4f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("--out", default="runs/presets")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--stages", default="tune,final", help="which stages to train: tune, final or both")
+    parser.add_argument("--tuning", default=",".join(TUNING), help="which tuning runs to train")
+    parser.add_argument("--presets", default=",".join(FINAL), help="which presets to train in the final stage")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds of the final stage")
+    parser.add_argument("--report-only", action="store_true", help="print the tables of the runs that exist")
+    args = parser.parse_args()
+    out = Path(args.out)
+    stages = args.stages.split(",")
+    if not args.report_only:
+        if "tune" in stages:
+            for name in args.tuning.split(","):
+                ensure(out / "tune" / name, args.data, {**TUNING[name], "holdout": 0.2}, args.device)
+        if "final" in stages:
+            for seed in map(int, args.seeds.split(",")):
+                for preset in args.presets.split(","):
+                    if preset not in PRESETS:
+                        raise SystemExit(f"--presets: unknown preset {preset!r}")
+                    ensure(out / preset / f"seed{seed}", args.data, dict(preset=preset, seed=seed, split_seed=123),
+                           args.device)
+    report(out, args.device)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,13 @@ from . import runtime
 from .errors import ConfigError, DataError
 from .report import plot_confusion, plot_reliability
 from .runs import RunFolder
-from .sizing import Batch, Fixed, Native
+from .sizing import Batch, Fixed, Native, SizePolicy
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "class_probabilities", "predict_batches", "predict_logits", "tempered_probabilities", "fit_temperature", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "reliability_bins", "to_device_batch",
-    "evaluate_run",
+    "evaluate_run", "calibrate_run",
 ]
 
 
@@ -290,6 +290,46 @@ def summarize_predictions(probs: torch.Tensor, labels: torch.Tensor, class_names
         count=n,
         reliability=reliability_bins(conf, correct.astype(np.float64)),
     )
+
+
+def calibrate_run(run: RunFolder, calibration_store: data_mod.ImageStore, val_store: data_mod.ImageStore,
+                  view: SizePolicy, flip: bool, batch_size: int = 32, device: torch.device | str = "cpu",
+                  amp_dtype: torch.dtype | None = None) -> dict:
+    """Fits the temperature of a run's best and last weights on its calibration hold-out (images
+    of the training split it never trained on), in the view and mirror setting it validates
+    with; writes ``calibration.json`` and adds the calibrated validation metrics to
+    ``metrics.json`` (under ``calibrated``).
+
+    Returns:
+        ``{"best": {...}, "last": {...}}``: temperature, val_loss, val_accuracy, val_ece.
+    """
+    device = torch.device(device)
+    class_names = list(run.run_config().class_names)
+    entry: dict = {"images": len(calibration_store), "view": view.describe() + (", with mirror images" if flip else "")}
+    calibrated: dict = {}
+    for weights in ("best", "last"):
+        model = run.load_model(weights, device, calibrated=False)
+
+        def logits_of(store):
+            batches = view.batches(store, batch_size, shuffle=False, drop_incomplete=False)
+            return predict_logits(model, batches, device, flip=flip, amp_dtype=amp_dtype)
+
+        logits, labels, _ = logits_of(calibration_store)
+        temperature = fit_temperature(logits, labels)
+        fitted = {}
+        for name, t in (("before", 1.0), ("after", temperature)):
+            evaluation = summarize_predictions(tempered_probabilities(logits, t).float(), labels, class_names)
+            fitted.update({f"ece_{name}": evaluation.ece, f"loss_{name}": evaluation.loss})
+        entry[weights] = {"temperature": temperature, **fitted}
+        val_logits, val_labels, _ = logits_of(val_store)
+        evaluation = summarize_predictions(tempered_probabilities(val_logits, temperature).float(), val_labels, class_names)
+        calibrated[weights] = {"temperature": temperature, "val_loss": evaluation.loss,
+                               "val_accuracy": evaluation.accuracy, "val_ece": evaluation.ece}
+    run.write_calibration(entry)
+    metrics = run.read_json("metrics.json")
+    metrics["calibrated"] = calibrated
+    run.write_json("metrics.json", metrics)
+    return calibrated
 
 
 def evaluate_run(

@@ -32,8 +32,7 @@ from .distributed import DistContext, all_reduce_sum, gather_predictions, shared
 from .distributed import init as dist_init
 from .distributed import shutdown as dist_shutdown
 from .errors import DataError
-from .evaluate import (fit_temperature, predict_batches, predict_logits, summarize_predictions, tempered_probabilities,
-                       to_device_batch)
+from .evaluate import calibrate_run, predict_batches, summarize_predictions, to_device_batch
 from .models import count_parameters
 from .runs import Checkpoint, RunConfig, RunFolder
 from .sizing import SizePolicy, epoch_generator
@@ -401,49 +400,16 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
         raise
     ctx.barrier()
     if data.calibration_store is not None and ctx.is_main and history:
-        _calibrate(config, run, data, policy, device, amp_dtype, reporter)
+        calibrated = calibrate_run(run, data.calibration_store, data.val_store, policy.test_view(),
+                                   config.flip_test, config.batch_size, device, amp_dtype)
+        last, validation = calibrated["last"], run.read_json("metrics.json")["validation"]
+        reporter.message(
+            f"Calibrated on {len(data.calibration_store)} held-out training images: temperature "
+            f"{last['temperature']:.3f} (last weights); validation ECE {validation['ece']:.4f} -> "
+            f"{last['val_ece']:.4f}, loss {validation['loss']:.4f} -> {last['val_loss']:.4f}")
     ctx.barrier()
     metrics = run.read_json("metrics.json") if ctx.is_main and run.file("metrics.json").is_file() else {}
     return metrics
-
-
-def _calibrate(config: TrainConfig, run: RunFolder, data: _Data, policy: SizePolicy, device: torch.device,
-               amp_dtype: torch.dtype | None, reporter: Reporter) -> None:
-    """Fits the temperature of the best and the last weights on the calibration hold-out (part of
-    the training split), writes ``calibration.json`` and adds the calibrated validation metrics
-    to ``metrics.json``."""
-    view = policy.test_view()
-    entry: dict = {"images": len(data.calibration_store), "share": config.calibrate, "view": view.describe()
-                   + (", with mirror images" if config.flip_test else "")}
-    calibrated: dict = {}
-    for weights in ("best", "last"):
-        model = run.load_model(weights, device, calibrated=False)
-
-        def logits_of(store):
-            batches = view.batches(store, config.batch_size, shuffle=False, drop_incomplete=False)
-            return predict_logits(model, batches, device, flip=config.flip_test, amp_dtype=amp_dtype)
-
-        logits, labels, _ = logits_of(data.calibration_store)
-        temperature = fit_temperature(logits, labels)
-        before = summarize_predictions(tempered_probabilities(logits, 1.0).float(), labels, data.class_names)
-        after = summarize_predictions(tempered_probabilities(logits, temperature).float(), labels, data.class_names)
-        entry[weights] = {"temperature": temperature, "ece_before": before.ece, "ece_after": after.ece,
-                          "loss_before": before.loss, "loss_after": after.loss}
-        val_logits, val_labels, _ = logits_of(data.val_store)
-        evaluation = summarize_predictions(tempered_probabilities(val_logits, temperature).float(), val_labels,
-                                           data.class_names)
-        calibrated[weights] = {"temperature": temperature, "val_loss": evaluation.loss,
-                               "val_accuracy": evaluation.accuracy, "val_ece": evaluation.ece}
-    run.write_calibration(entry)
-    metrics = run.read_json("metrics.json")
-    metrics["calibrated"] = calibrated
-    run.write_json("metrics.json", metrics)
-    last = calibrated["last"]
-    reporter.message(
-        f"Calibrated on {entry['images']} held-out training images: temperature {last['temperature']:.3f} "
-        f"(last weights); validation ECE {metrics['validation']['ece']:.4f} -> {last['val_ece']:.4f}, "
-        f"loss {metrics['validation']['loss']:.4f} -> {last['val_loss']:.4f}"
-    )
 
 
 _MOVED = {
