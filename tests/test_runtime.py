@@ -42,3 +42,29 @@ def test_configure_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("SPPNET_PROCESS_SETTINGS", "0")
     runtime.configure()
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units(monkeypatch):
+    import torch
+
+    from sppnet import runtime
+
+    assert runtime.autocast_dtype("fp32") is None and runtime.autocast_dtype("bf16") is torch.bfloat16
+    monkeypatch.setattr(runtime, "has_fast_bf16", lambda device="cpu": True)
+    assert runtime.autocast_dtype("auto") is torch.bfloat16
+    monkeypatch.setattr(runtime, "has_fast_bf16", lambda device="cpu": False)
+    assert runtime.autocast_dtype("auto") is None
+
+
+def test_fast_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    from sppnet import runtime
+
+    real_open = builtins.open
+    for flags, expected in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True)):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda path, *a, _c=cpuinfo, **k: real_open(_c if path == "/proc/cpuinfo" else path, *a, **k))
+        assert runtime.has_fast_bf16("cpu") is expected
+    monkeypatch.setattr(builtins, "open", real_open)

@@ -135,7 +135,8 @@ class TrainConfig:
     label_smoothing: float = _field(0.0, "optimisation", "label smoothing")
     ema: float = _field(0.0, "optimisation", "keep an exponential moving average of the weights with this decay per "
                         "step (e.g. 0.998) and validate and save it instead of the raw weights; 0 is off")
-    precision: str = _field("fp32", "optimisation", "fp32 or bf16 (autocast; fast where the CPU or GPU has bf16 units)",
+    precision: str = _field("fp32", "optimisation", "fp32, bf16 (autocast; fast where the CPU or GPU has bf16 units) or auto "
+                            "(bf16 where the device has bf16 units, else fp32)",
                             choices=PRECISIONS)
     # data and split
     val_split: float = _field(0.2, "data", "validation fraction")

@@ -27,12 +27,12 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEVICES", "PRECISIONS", "resolve_device", "autocast_dtype", "is_tracing", "configure", "keep_freed_memory",
+    "DEVICES", "PRECISIONS", "resolve_device", "autocast_dtype", "has_fast_bf16", "is_tracing", "configure", "keep_freed_memory",
     "bound_primitive_cache", "PRIMITIVE_CACHE_CAPACITY", "peak_rss_mb",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -59,8 +59,25 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a precision name (``fp32`` or ``bf16``): None for fp32."""
+def has_fast_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA device that supports it, or a CPU
+    with AMX or AVX-512 BF16 units (elsewhere bfloat16 is emulated, slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """The autocast dtype of a precision name: None for ``fp32``, bfloat16 for ``bf16``, and for
+    ``auto`` bfloat16 where ``device`` has bf16 units (:func:`has_fast_bf16`), else None."""
+    if precision == "auto":
+        return torch.bfloat16 if has_fast_bf16(device) else None
     return torch.bfloat16 if precision == "bf16" else None
 
 

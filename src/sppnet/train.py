@@ -343,15 +343,16 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
         reporter.message(f"{run.path}: already trained for {start_epoch} epochs (asked for {config.epochs})")
     if ctx.is_main:
         run.write_run_config(RunConfig.create(config, model.config, data.class_names, data.root))
+    amp_dtype = runtime.autocast_dtype(config.precision, device)
     reporter.message(
-        f"Training {config.model} ({count_parameters(model):,} parameters) on {device}, "
+        f"Training {config.model} ({count_parameters(model):,} parameters) on {device}"
+        f"{' in bf16 autocast' if amp_dtype is not None else ''}, "
         f"{policy.describe()}, {len(data.train_store)} images, batch {config.batch_size}"
         f"{f' over {ctx.world_size} processes' if ctx.enabled else ''}, epochs "
         f"{start_epoch + 1}..{config.epochs} -> {run.path}"
     )
 
     val_view = policy.test_view()
-    amp_dtype = runtime.autocast_dtype(config.precision)
     steps = policy.num_batches(data.train_store, config.batch_size, ctx.world_size)
     train_rates: list[float] = []  # training images/s of each epoch this process ran
     try:
