@@ -63,14 +63,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "best": {
         "policy": {"kind": "native", "size": 128},
-        "widths": (16, 32, 64, 128),
+        "widths": (32, 64, 128, 256),
         "batch_norm": True,
         "schedule": "cosine",
         "warmup_epochs": 1,
         "lr": 2e-3,
         "weight_decay": 0.05,
+        "label_smoothing": 0.1,
+        "ema": 0.998,
+        "precision": "auto",
+        "calibrate": 0.1,
         "flip_test": True,
-        "epochs": 50,
+        "epochs": 70,
     },
 }
 

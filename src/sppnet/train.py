@@ -392,7 +392,7 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
             }
             history.append(row)
             if ctx.is_main:
-                validation = {k: v for k, v in evaluation.to_dict().items() if k not in ("per_class", "confusion")}
+                validation = {k: v for k, v in evaluation.to_dict().items() if k not in ("confusion", "reliability")}
                 run.save_epoch(model, optimizer, history, validation, best, train_rates, data.failures, averaged)
             reporter.epoch(format_epoch_line(epoch + 1, config.epochs, steps, seconds, row))
     except KeyboardInterrupt:
