@@ -54,3 +54,13 @@ def test_the_package_keeps_the_shape_of_the_design():
     result = subprocess.run([sys.executable, str(house), "--design", str(ROOT.parent / "shared" / "DESIGN.md")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_no_source_file_is_hidden_by_gitignore():
+    # A pattern such as "runs/" once hid the sppnet.runs package from every commit.
+    sources = [p.relative_to(ROOT).as_posix() for p in (ROOT / "src").rglob("*.py")] + \
+              [p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*.py")]
+    result = subprocess.run(["git", "check-ignore", "--no-index", *sources], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert result.stdout.split() == []
