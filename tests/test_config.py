@@ -21,13 +21,18 @@ def test_preset_values_and_explicit_overrides():
     assert config.widths == (16, 32, 64) and config.epochs == 20  # the study's network and budget
     best = TrainConfig.from_preset("best")
     assert best.batch_norm and best.widths == tuple(PRESETS["best"]["widths"])
-    assert best.epochs == 50 and TrainConfig.from_preset("best", epochs=3).epochs == 3
+    assert best.epochs == 70 and TrainConfig.from_preset("best", epochs=3).epochs == 3
     best.validate()
+    for name in ("fast", "best"):  # both calibrate on the training split and average the weights
+        config = TrainConfig.from_preset(name)
+        assert config.calibrate > 0 and config.ema > 0 and config.precision == "auto"
+        config.validate()
+    assert TrainConfig.from_preset("fast").epochs < TrainConfig.from_preset("study").epochs
 
 
 def test_unknown_preset_and_bad_recipe_values_are_refused():
-    with pytest.raises(ConfigError, match="unknown --preset 'fast'.*study-plus"):
-        TrainConfig.from_preset("fast")
+    with pytest.raises(ConfigError, match="unknown --preset 'fastest'.*study-plus, fast, best"):
+        TrainConfig.from_preset("fastest")
     with pytest.raises(ConfigError, match="unknown training option.*: lr_max"):
         TrainConfig.from_preset("study", lr_max=1.0)
     for field, value, match in [
@@ -77,7 +82,7 @@ def test_flags_parse_into_the_configuration(tmp_path, monkeypatch):
 def test_model_spec_and_size_policy_come_from_the_configuration():
     best = TrainConfig.from_preset("best")
     spec = best.model_spec(num_classes=5)
-    assert spec.name == "spp" and spec.get("widths") == (16, 32, 64, 128) and spec.get("batch_norm") is True
+    assert spec.name == "spp" and spec.get("widths") == (32, 64, 128, 256) and spec.get("batch_norm") is True
     assert spec.stride == 16 and best.size_policy().describe() == "native 128"
     flatten = TrainConfig(model="flatten", policy={"kind": "fixed", "size": 96}).model_spec(3)
     assert flatten.get("input_size") == 96 and flatten.get("levels") is None
