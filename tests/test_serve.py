@@ -20,6 +20,7 @@ from PIL import Image
 
 from sppnet.cli import main
 from sppnet.predict import Predictor
+from sppnet.runs import RunFolder
 from sppnet.serve import create_app
 
 from conftest import make_dataset, write_image
@@ -37,7 +38,8 @@ def free_port() -> int:
 def run(tmp_path_factory):
     data = make_dataset(tmp_path_factory.mktemp("data") / "ds", {"amber": 8, "jade": 8, "sky": 8}, size=(48, 36), vary=True)
     out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--size", "32", "--batch-size", "8"]) == 0
+    assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--size", "32", "--batch-size", "8",
+                 "--calibrate", "0.25"]) == 0
     return out
 
 
@@ -99,12 +101,13 @@ def check_prediction(answer: dict, width: int, height: int) -> None:
                                   f"{100 * answer['confidence']:.2f} percent confidence.")
 
 
-def test_health_and_model(server):
+def test_health_and_model(server, run):
     assert httpx.get(server + "/health").json() == {"status": "ok"}
     model = httpx.get(server + "/model").json()
     assert model["classes"] == ["amber", "jade", "sky"] and model["input_size"] == 32
     assert model["model"] == "spp" and model["sppnet_version"]
     assert model["max_upload_bytes"] == MAX_UPLOAD_MB * 1024 * 1024
+    assert model["temperature"] == RunFolder(run).temperature("best") > 0  # served probabilities are calibrated
 
 
 def test_predict_multipart_and_raw_bytes_agree(server, run):

@@ -38,6 +38,7 @@ from typing import AsyncIterator, Callable
 from . import runtime
 from .errors import ConfigError, DataError
 from .predict import Predictor, load_predictor
+from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -320,9 +321,11 @@ def serve_run(run_dir: str | os.PathLike | None = None, onnx: str | os.PathLike 
     if not onnx and not run_dir:
         raise ConfigError("give a run folder to serve (or --onnx FILE): sppnet serve RUN")
     predictor = load_predictor(run_dir if not onnx else None, onnx, weights, size, device)
+    # The temperature the probabilities are calibrated with (None: uncalibrated); already applied.
     if onnx:
-        info = {"model": "onnx", "source": str(onnx)}
+        info = {"model": "onnx", "source": str(onnx), "temperature": predictor.model.temperature}
     else:
-        info = {"model": predictor.model.config.get("name", "model"), "source": str(run_dir)}
+        info = {"model": predictor.model.config.get("name", "model"), "source": str(run_dir),
+                "temperature": RunFolder(run_dir).temperature(weights)}
     serve(predictor, host, port, int(max_upload_mb * 1024 * 1024), info, on_ready=on_ready,
           header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)
