@@ -174,3 +174,16 @@ def test_calibrate_that_holds_out_nothing_is_refused_before_anything_is_written(
         train(TrainConfig(data=str(data), out=str(out), epochs=1, calibrate=0.1, batch_size=2,
                           policy={"kind": "fixed", "size": 16}))
     assert not (out / "state.pt").exists()
+
+
+def test_the_ece_noise_floor_is_what_a_calibrated_sample_shows_and_shrinks_with_the_sample():
+    from sppnet.evaluate import ece_noise_floor
+
+    rng = np.random.default_rng(1)
+    small, large = rng.uniform(0.4, 1.0, 300), rng.uniform(0.4, 1.0, 30000)
+    assert ece_noise_floor(small) > 3 * ece_noise_floor(large)
+    assert ece_noise_floor(large) < 0.01
+    # Calibrated samples of the small size show about the floor, not 0.
+    shown = [expected_calibration_error(small, (rng.random(300) < small).astype(float)) for _ in range(100)]
+    assert np.mean(shown) == pytest.approx(ece_noise_floor(small), rel=0.15)
+    assert ece_noise_floor(small) == ece_noise_floor(small)  # seeded: the same every time
