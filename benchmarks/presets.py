@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--presets", default=",".join(FINAL), help="which presets to train in the final stage")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds of the final stage")
     parser.add_argument("--report-only", action="store_true", help="print the tables of the runs that exist")
+    parser.add_argument("--no-report", action="store_true", help="train only (for processes that share the work)")
     args = parser.parse_args()
     out = Path(args.out)
     stages = args.stages.split(",")
@@ -173,7 +174,8 @@ def main() -> None:
                         raise SystemExit(f"--presets: unknown preset {preset!r}")
                     ensure(out / preset / f"seed{seed}", args.data, dict(preset=preset, seed=seed, split_seed=123),
                            args.device)
-    report(out, args.device)
+    if not args.no_report:
+        report(out, args.device)
 
 
 if __name__ == "__main__":

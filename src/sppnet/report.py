@@ -83,8 +83,9 @@ def plot_reliability(bins: Sequence[dict], path: Path, title: str = "Reliability
     left = [b["low"] for b in filled]
     top.bar(left, [b["accuracy"] for b in filled], width=width, align="edge", edgecolor="black",
             color="#4c72b0", label="accuracy")
-    top.bar(left, [b["confidence"] - b["accuracy"] for b in filled], bottom=[b["accuracy"] for b in filled],
-            width=width, align="edge", color="#dd8452", alpha=0.5, label="gap to the mean confidence")
+    top.bar(left, [abs(b["confidence"] - b["accuracy"]) for b in filled],
+            bottom=[min(b["accuracy"], b["confidence"]) for b in filled], width=width, align="edge",
+            color="#dd8452", alpha=0.6, hatch="//", edgecolor="#dd8452", label="gap to the mean confidence")
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
