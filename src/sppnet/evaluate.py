@@ -13,7 +13,6 @@ Views for testing a trained run (``sppnet evaluate``):
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from . import runtime
+from .calibration import (ece_noise_floor, expected_calibration_error, fit_temperature, reliability_bins,
+                          tempered_probabilities)
 from .errors import ConfigError, DataError
 from .report import plot_confusion, plot_reliability
 from .runs import RunFolder
@@ -123,91 +124,6 @@ def predict_logits(model: torch.nn.Module, batches: Iterable[Batch], device: tor
     if not logits:
         return torch.empty(1 + flip, 0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
     return torch.cat(logits, dim=1), torch.cat(labels), torch.cat(indices)
-
-
-def tempered_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The softmax of ``logits / temperature`` averaged over the views (dimension 0)."""
-    return torch.softmax(logits.double() / temperature, dim=-1).mean(0)
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 0.05, high: float = 20.0) -> float:
-    """The temperature T that minimises the cross-entropy of :func:`tempered_probabilities`
-    (temperature scaling, Guo et al. 2017): T > 1 softens over-confident logits, T < 1 sharpens
-    under-confident ones; the predicted class never changes.
-
-    A grid over log T in [``low``, ``high``], then golden-section search around its best point.
-
-    Shape:
-        logits: (views, N, classes); labels: (N,).
-    """
-    if logits.ndim != 3 or logits.shape[1] != len(labels) or len(labels) == 0:
-        raise ValueError(f"need logits (views, N, classes) for N > 0 labels, got {tuple(logits.shape)} and {len(labels)}")
-
-    def nll(log_t: float) -> float:
-        probs = tempered_probabilities(logits, math.exp(log_t))
-        return float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
-
-    grid = np.linspace(math.log(low), math.log(high), 81)
-    losses = [nll(g) for g in grid]
-    i = int(np.argmin(losses))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = nll(c), nll(d)
-    for _ in range(40):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = nll(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = nll(d)
-    return float(math.exp((a + b) / 2))
-
-
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict]:
-    """Equal-width confidence bins: for each, its edges, how many answers fell in it, their
-    accuracy and their mean confidence (None for an empty bin). A reliability diagram draws them."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    out = []
-    for b in range(bins):
-        mask = which == b
-        count = int(mask.sum())
-        out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
-                    "accuracy": float(correct[mask].mean()) if count else None,
-                    "confidence": float(confidence[mask].mean()) if count else None})
-    return out
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """ECE with equal-width confidence bins: sum over bins of |accuracy - confidence| x share."""
-    if len(confidence) == 0:
-        return float("nan")
-    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"])
-                     for b in reliability_bins(confidence, correct, bins) if b["count"]) / len(confidence))
-
-
-def ece_noise_floor(confidence: np.ndarray, bins: int = 15, draws: int = 200, seed: int = 0) -> float:
-    """The ECE a perfectly calibrated model would still show on this many answers: the mean ECE
-    of ``draws`` simulated outcomes, each answer right with probability equal to its confidence.
-
-    ECE is a biased estimate (each bin's |accuracy - confidence| is positive even when the
-    expectation is 0); on the 734 flower validation photos this floor is about 0.03, so an ECE
-    near it is as calibrated as a sample that size can show.
-    """
-    n = len(confidence)
-    if n == 0:
-        return float("nan")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    outcomes = np.random.default_rng(seed).random((draws, n)) < confidence  # (draws, n)
-    total = np.zeros(draws)
-    for b in np.unique(which):
-        mask = which == b
-        total += np.abs(outcomes[:, mask].mean(1) - confidence[mask].mean()) * mask.sum()
-    return float(total.mean() / n)
 
 
 @dataclass
