@@ -16,31 +16,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["reliability_bins", "expected_calibration_error", "ece_noise_floor", "tempered_probabilities",
+__all__ = ["reliability_bins", "ece_of_bins", "expected_calibration_error", "ece_noise_floor", "tempered_probabilities",
            "fit_temperature"]
+
+
+def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Each answer's equal-width confidence bin (0 .. bins - 1; a confidence on an edge goes down)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
 
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict]:
     """Equal-width confidence bins: for each, its edges, how many answers fell in it, their
     accuracy and their mean confidence (None for an empty bin). A reliability diagram draws them."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    which = _bin_index(confidence, bins)
     out = []
     for b in range(bins):
         mask = which == b
         count = int(mask.sum())
-        out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+        out.append({"low": b / bins, "high": (b + 1) / bins, "count": count,
                     "accuracy": float(correct[mask].mean()) if count else None,
                     "confidence": float(confidence[mask].mean()) if count else None})
     return out
 
 
+def ece_of_bins(bins: list[dict]) -> float:
+    """The ECE of :func:`reliability_bins`' bins: |accuracy - confidence| weighted by share."""
+    n = sum(b["count"] for b in bins)
+    if n == 0:
+        return float("nan")
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]) / n)
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     """ECE with equal-width confidence bins: sum over bins of |accuracy - confidence| x share."""
-    if len(confidence) == 0:
-        return float("nan")
-    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"])
-                     for b in reliability_bins(confidence, correct, bins) if b["count"]) / len(confidence))
+    return ece_of_bins(reliability_bins(confidence, correct, bins))
 
 
 def ece_noise_floor(confidence: np.ndarray, bins: int = 15, draws: int = 200, seed: int = 0) -> float:
@@ -54,8 +64,7 @@ def ece_noise_floor(confidence: np.ndarray, bins: int = 15, draws: int = 200, se
     n = len(confidence)
     if n == 0:
         return float("nan")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    which = _bin_index(confidence, bins)
     outcomes = np.random.default_rng(seed).random((draws, n)) < confidence  # (draws, n)
     total = np.zeros(draws)
     for b in np.unique(which):
@@ -72,7 +81,8 @@ def tempered_probabilities(logits: torch.Tensor, temperature: float) -> torch.Te
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 0.05, high: float = 20.0) -> float:
     """The temperature T that minimises the cross-entropy of :func:`tempered_probabilities`
     (temperature scaling, Guo et al. 2017): T > 1 softens over-confident logits, T < 1 sharpens
-    under-confident ones; the predicted class never changes.
+    under-confident ones. With one view the predicted class never changes; averaged over views
+    it can, where the views disagree.
 
     A grid over log T in [``low``, ``high``], then golden-section search around its best point.
 

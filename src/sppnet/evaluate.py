@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from . import runtime
-from .calibration import (ece_noise_floor, expected_calibration_error, fit_temperature, reliability_bins,
-                          tempered_probabilities)
+from .calibration import (ece_noise_floor, ece_of_bins, expected_calibration_error, fit_temperature,
+                          reliability_bins, tempered_probabilities)
 from .errors import ConfigError, DataError
 from .report import plot_confusion, plot_reliability
 from .runs import RunFolder
@@ -73,7 +73,6 @@ def class_probabilities(model: torch.nn.Module, images: torch.Tensor, sizes: tor
     return probs
 
 
-@torch.inference_mode()
 def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
                     flip: bool = False, amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs a model (in eval mode) over batches.
@@ -85,22 +84,10 @@ def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], device: to
     Returns:
         probabilities (N, classes), labels (N,) and dataset indices (N,), on the CPU, in batch order.
     """
-    was_training = model.training
-    model.eval()
-    probs, labels, indices = [], [], []
-    try:
-        for batch in batches:
-            images, sizes, y = to_device_batch(batch, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                p = class_probabilities(model, images, sizes, flip)
-            probs.append(p.cpu())
-            labels.append(batch.labels)
-            indices.append(batch.indices)
-    finally:
-        model.train(was_training)
-    if not probs:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    return torch.cat(probs), torch.cat(labels), torch.cat(indices)
+    logits, labels, indices = predict_logits(model, batches, device, flip, amp_dtype)
+    if logits.numel() == 0:
+        return torch.empty(0, 0), labels, indices
+    return torch.softmax(logits, dim=-1).mean(0), labels, indices
 
 
 @torch.inference_mode()
@@ -217,6 +204,7 @@ def summarize_predictions(probs: torch.Tensor, labels: torch.Tensor, class_names
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     conf = confidence.numpy()
+    bins = reliability_bins(conf, correct.astype(np.float64))
     return Evaluation(
         class_names=list(class_names),
         loss=loss,
@@ -226,11 +214,11 @@ def summarize_predictions(probs: torch.Tensor, labels: torch.Tensor, class_names
         f1=f1.tolist(),
         support=support.tolist(),
         confusion=confusion.tolist(),
-        ece=expected_calibration_error(conf, correct.astype(np.float64)),
+        ece=ece_of_bins(bins),
         confidence_right=float(conf[correct].mean()) if correct.any() else float("nan"),
         confidence_wrong=float(conf[~correct].mean()) if (~correct).any() else float("nan"),
         count=n,
-        reliability=reliability_bins(conf, correct.astype(np.float64)),
+        reliability=bins,
         ece_floor=ece_noise_floor(conf),
     )
 
