@@ -43,6 +43,7 @@ def test_unknown_preset_and_bad_recipe_values_are_refused():
         ("rotation", 0.7, "--rotation must be a number in"),
         ("warmup_epochs", -1, "--warmup-epochs must be an integer >= 0"),
         ("split_seed", -3, "--split-seed must be an integer >= 0"),
+        ("norm_after_pool", True, "--norm-after-pool moves the batch norm after the pooling; give --batch-norm too"),
     ]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**{field: value}).validate()

@@ -42,10 +42,10 @@ def test_max_pool_2x2_equals_max_pool2d_bit_for_bit(fmt, shape):
     torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_inference_path_gives_the_logits_of_the_layers_run_as_declared(batch_norm):
+@pytest.mark.parametrize("norm", [{}, dict(batch_norm=True), dict(batch_norm=True, norm_after_pool=True)])
+def test_inference_path_gives_the_logits_of_the_layers_run_as_declared(norm):
     torch.manual_seed(0)
-    model = build_model("spp", batch_norm=batch_norm).to(memory_format=torch.channels_last).eval()
+    model = build_model("spp", **norm).to(memory_format=torch.channels_last).eval()
     x = (torch.rand(3, 3, 61, 83) * 255).contiguous(memory_format=torch.channels_last)
     sizes = torch.tensor([[61, 83], [40, 83], [61, 17]])
     for s in (None, sizes):
@@ -127,7 +127,8 @@ def test_sparse_grad_conv_with_no_gradient_at_all_returns_zeros():
 
 @pytest.mark.parametrize(
     "name,kwargs,expected",
-    [("spp", {}, True), ("spp", dict(pool="avg"), False), ("spp", dict(batch_norm=True), False), ("gap", {}, False),
+    [("spp", {}, True), ("spp", dict(pool="avg"), False), ("spp", dict(batch_norm=True), False),
+     ("spp", dict(batch_norm=True, norm_after_pool=True), False), ("gap", {}, False),
      ("flatten", {}, False)],
 )
 def test_only_the_block_feeding_a_max_spp_head_uses_sparse_gradients(name, kwargs, expected):
@@ -181,7 +182,8 @@ def _logits_and_grads(model, x, sizes):
     return out.detach(), grads, logits
 
 
-@pytest.mark.parametrize("name,kwargs", [("spp", {}), ("spp", dict(batch_norm=True)), ("gap", {}),
+@pytest.mark.parametrize("name,kwargs", [("spp", {}), ("spp", dict(batch_norm=True)),
+                                         ("spp", dict(batch_norm=True, norm_after_pool=True)), ("gap", {}),
                                          ("flatten", dict(input_size=64))])
 def test_fast_paths_off_gives_plain_layers_with_the_same_results(name, kwargs):
     torch.manual_seed(0)

@@ -136,9 +136,10 @@ def test_model_spec_round_trips_and_knows_the_stride():
         ModelSpec.from_dict({"widths": [4]})
 
 
-def test_batch_norm_model_gives_each_image_of_a_padded_batch_its_own_logits():
+@pytest.mark.parametrize("after_pool", [False, True])
+def test_batch_norm_model_gives_each_image_of_a_padded_batch_its_own_logits(after_pool):
     torch.manual_seed(0)
-    model = build_model("spp", widths=(8, 16, 16, 32), batch_norm=True).eval()
+    model = build_model("spp", widths=(8, 16, 16, 32), batch_norm=True, norm_after_pool=after_pool).eval()
     for m in model.modules():  # non-trivial running statistics
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
@@ -154,3 +155,20 @@ def test_batch_norm_model_gives_each_image_of_a_padded_batch_its_own_logits():
         alone = torch.cat([model(im[None]) for im in images])
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
     assert not any(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_norm_after_pool_normalises_the_pooled_map():
+    model = build_model("spp", widths=(8, 16), batch_norm=True, norm_after_pool=True)
+    block = model.features[0]
+    assert [type(layer).__name__ for layer in block] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert model.config["norm_after_pool"] is True and "norm_after_pool" not in build_model("spp", batch_norm=True).config
+    assert ModelSpec.from_dict(model.config).build().features[0][2].num_features == 8  # rebuilt the same way
+    seen = {}
+    block[2].register_forward_hook(lambda m, args, out: seen.update(shape=args[0].shape))
+    model.train()(torch.rand(4, 3, 40, 24) * 255)
+    assert seen["shape"] == (4, 8, 20, 12)  # the norm sees the map after the 2x2 pooling
+    # Training statistics: each channel of the pooled map normalised to mean 0 (before the ReLU).
+    x = block[1](block[0](torch.rand(4, 3, 40, 24)))
+    torch.testing.assert_close(block[2](x).mean((0, 2, 3)), torch.zeros(8), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="norm_after_pool .* needs batch_norm"):
+        build_model("spp", norm_after_pool=True)

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from sppnet.data import ImageStore
-from sppnet.sizing import Fixed, Multi, Native, Range, padding_overhead, parse_policy, policy_from_config
+from sppnet.sizing import (
+    Fixed, Multi, Native, Progressive, Range, padding_overhead, parse_policy, policy_from_config, shrink_each,
+)
 
 
 def store_of(shapes, seed=0):
@@ -88,7 +90,55 @@ def test_native_groups_similar_shapes():
     assert train < 0.05
 
 
-@pytest.mark.parametrize("policy", [Fixed(16), Multi((16, 24)), Range(16, 24), Native(16)])
+def test_progressive_grows_the_shorter_side_linearly_to_the_last_epoch():
+    policy = Progressive(40, 80, epochs=5)
+    assert [policy.side(e) for e in range(7)] == [40, 50, 60, 70, 80, 80, 80]  # stays at HIGH after the ramp
+    assert Progressive(40, 80, epochs=1).side(0) == 80
+    assert policy.store_size(500, 250) == (160, 80)  # stored as native HIGH
+    assert policy.test_view() == Native(80) and policy.input_size == 80 and policy.smallest_size == 40
+    shapes = [(80, 120), (80, 120), (120, 80), (80, 80), (80, 160)]
+    store = store_of(shapes)
+    for epoch in range(5):
+        side = policy.side(epoch)
+        batches = list(policy.batches(store, 5, epoch=epoch, seed=0))
+        assert sorted(torch.cat([b.indices for b in batches]).tolist()) == list(range(5))
+        for b in batches:
+            for k, i in enumerate(b.indices.tolist()):
+                h, w = shapes[i]
+                expected = [round(h * side / 80), round(w * side / 80)]
+                assert b.sizes[k].tolist() == expected and min(expected) == side  # aspect kept
+                assert b.images[k, :, : expected[0], : expected[1]].ne(0).all()
+                assert b.images[k, :, expected[0]:].eq(0).all() and b.images[k, :, :, expected[1]:].eq(0).all()
+            assert b.images.shape[-2:] == tuple(b.sizes.max(0).values.tolist())
+
+
+def test_shrink_each_resizes_each_valid_region_alone():
+    # Two images of different sizes in one padded batch: each shrunk copy equals the image shrunk on
+    # its own, so the zero padding of the smaller one never bleeds into it.
+    small = torch.full((1, 3, 20, 30), 200, dtype=torch.uint8)
+    large = torch.randint(1, 256, (1, 3, 40, 30), dtype=torch.uint8)
+    batch = torch.zeros(2, 3, 40, 30, dtype=torch.uint8)
+    batch[0, :, :20, :30], batch[1] = small[0], large[0]
+    images, sizes = shrink_each(batch, torch.tensor([[20, 30], [40, 30]]), 0.5)
+    assert sizes.tolist() == [[10, 15], [20, 15]] and images.shape == (2, 3, 20, 15)
+    assert images[0, :, :10, :15].eq(200).all() and images[0, :, 10:].eq(0).all()
+    alone = torch.nn.functional.interpolate(large, size=(20, 15), mode="bilinear", antialias=True)
+    assert torch.equal(images[1], alone[0])
+
+
+def test_progressive_options_and_config():
+    policy = parse_policy(progressive="64:96", epochs=14)
+    assert policy == Progressive(64, 96, 14) and policy.describe() == "progressive 64:96 over 14 epochs"
+    assert policy_from_config(policy.to_config()) == policy
+    for bad, match in [("96:64", "progressive sizes 96:64 shrink"), ("64-96", "--progressive must be LOW:HIGH"),
+                       ("4:96", "lower size must be an integer >= 8")]:
+        with pytest.raises(ValueError, match=match):
+            parse_policy(progressive=bad)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        Progressive(64, 96, epochs=0)
+
+
+@pytest.mark.parametrize("policy", [Fixed(16), Multi((16, 24)), Range(16, 24), Native(16), Progressive(16, 24, 3)])
 def test_an_empty_store_makes_no_batches(policy):
     empty = ImageStore([], [])
     for shuffle in (True, False):
@@ -111,7 +161,7 @@ def test_parse_policy_and_config_round_trip():
         (dict(sizes="180,x"), "--sizes must be comma-separated integers"),
         (dict(size_range="224:180"), "size range 224:180 is empty"),
         (dict(size_range="180-224"), "--size-range must be LOW:HIGH"),
-        (dict(size=180, native=180), "give only one of --size, --sizes, --size-range, --native"),
+        (dict(size=180, native=180), "give only one of --size, --sizes, --size-range, --native, --progressive"),
     ],
 )
 def test_bad_policy_options(kwargs, match):

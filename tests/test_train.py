@@ -46,7 +46,7 @@ def test_resume_refuses_options_and_data_it_cannot_honour(trained_run, dataset, 
     other = make_dataset(tmp_path / "other", {"amber": 3, "jade": 3, "sky": 3})
     for args, message in [
         ([str(dataset), "--lr", "0.5", "--model", "gap"], "with its own options; --lr (0.001 in the run), --model ('spp' "),
-        ([str(dataset), "--native", "40"], "--size/--sizes/--size-range/--native (fixed 32 in the run) cannot change"),
+        ([str(dataset), "--native", "40"], "--size/--sizes/--size-range/--native/--progressive (fixed 32 in the run) cannot change"),
         ([str(dataset), "--preset", "best"], "--preset (study in the run) cannot change"),
         ([str(other)], f"was trained on {dataset}, not {other}"),
     ]:
@@ -193,14 +193,31 @@ def test_resume_can_extend_a_finished_run(trained_run, dataset, tmp_path):
     assert [r["epoch"] for r in RunFolder(copy).read_history()] == [1, 2, 3]
 
 
+def test_progressive_run_keeps_its_growth_when_resumed_for_longer(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(dataset), "--out", str(out), "--progressive", "24:40", "--batch-size", "8"]
+    assert main([*args, "--epochs", "2"]) == 0
+    policy = {"kind": "progressive", "low": 24, "high": 40, "epochs": 2, "max_aspect": 2.0}
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["policy"] == policy and stored["train"]["policy"] == policy
+    assert stored["eval_policy"] == {"kind": "native", "size": 40, "max_aspect": 2.0}
+    assert main([*args, "--epochs", "3", "--resume"]) == 0  # the same option, more epochs: accepted
+    assert json.loads((out / "config.json").read_text())["policy"] == policy  # epoch 3 at 40, as the ramp ended
+    assert [r["epoch"] for r in RunFolder(out).read_history()] == [1, 2, 3]
+    code, err = run_cli(["train", str(dataset), "--out", str(out), "--progressive", "24:48", "--resume"], capsys)
+    assert code == 2 and "(progressive 24:40 over 2 epochs in the run) cannot change" in err
+    config = TrainConfig.from_preset("fast", policy={"kind": "progressive", "low": 48, "high": 80}, epochs=10)
+    assert config.policy["epochs"] == 10 and config.size_policy().side(0) == 48
+
+
 @pytest.mark.parametrize(
     "extra",
-    [["--native", "32"], ["--sizes", "24,32"], ["--size-range", "24:32"], ["--model", "gap"], ["--model", "flatten"],
-     ["--no-augment", "--dropout", "0", "--levels", "1,2", "--pool", "avg"]],
+    [["--native", "32"], ["--progressive", "24:32"], ["--sizes", "24,32"], ["--size-range", "24:32"], ["--model", "gap"], ["--model", "flatten"],
+     ["--no-augment", "--dropout", "0", "--levels", "1,2", "--pool", "avg"], ["--batch-norm", "--norm-after-pool"]],
 )
 def test_other_models_and_size_policies_train(dataset, tmp_path, extra):
     args = ["train", str(dataset), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8"]
-    if not any(a in extra for a in ("--native", "--sizes", "--size-range")):
+    if not any(a in extra for a in ("--native", "--sizes", "--size-range", "--progressive")):
         args += ["--size", "32"]
     assert main(args + extra) == 0
     history = RunFolder(tmp_path / "run").read_history()

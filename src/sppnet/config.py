@@ -138,8 +138,10 @@ class TrainConfig:
     widths: tuple[int, ...] = _field((16, 32, 64), "model", "conv block widths")
     hidden: int = _field(128, "model", "dense layer units")
     batch_norm: bool = _field(False, "model", "batch norm after each conv")
+    norm_after_pool: bool = _field(False, "model", "with --batch-norm: the norm after each block's pooling, on a map "
+                                   "4x smaller (about 1.5x faster steps on a CPU)")
     dropout: float = _field(0.2, "model", "dropout rate before the dense layers")
-    # sizes (the policy is set by --size, --sizes, --size-range or --native; see sizing.parse_policy)
+    # sizes (the policy is set by --size, --sizes, --size-range, --native or --progressive; see sizing.parse_policy)
     policy: dict = _field(lambda: Fixed(180).to_config(), "sizes", "the size policy", cli=False)
     flip_test: bool = _field(False, "sizes", "validate on each image and its mirror image")
     # augmentation
@@ -175,6 +177,14 @@ class TrainConfig:
     preset: str = _field("study", "run", "named recipe: study (the study's setup), study-plus, fast, best; options given "
                          "explicitly override the preset's values", choices=tuple(PRESETS))
 
+    def __post_init__(self) -> None:
+        # A progressive policy grows over the run's epochs unless it names its own: the number is
+        # fixed here, so that a run resumed with more --epochs keeps the sizes it started with.
+        policy = self.policy
+        if isinstance(policy, dict) and policy.get("kind") == "progressive" and "epochs" not in policy:
+            if isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1:
+                self.policy = {**policy, "epochs": self.epochs}
+
     @property
     def data_seed(self) -> int:
         """The seed of the train/validation split: ``split_seed``, else ``seed``."""
@@ -206,6 +216,8 @@ class TrainConfig:
         elif self.model == "flatten":
             args.update(input_size=self.size_policy().input_size)
         args.update(dropout=self.dropout, widths=tuple(self.widths), hidden=self.hidden, batch_norm=self.batch_norm)
+        if self.norm_after_pool:
+            args.update(norm_after_pool=True)
         return ModelSpec(self.model, tuple(args.items()))
 
     def validate(self) -> None:
@@ -256,9 +268,11 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and f.name not in ("model", "pool") and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        for name in ("augment", "batch_norm", "flip_test"):
+        for name in ("augment", "batch_norm", "norm_after_pool", "flip_test"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.norm_after_pool and not self.batch_norm:
+            raise ConfigError("--norm-after-pool moves the batch norm after the pooling; give --batch-norm too")
         policy = self.size_policy()
         if self.model == "flatten" and not isinstance(policy, Fixed):
             raise ConfigError(

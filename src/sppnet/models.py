@@ -207,6 +207,10 @@ class FlowerCNN(nn.Module):
             batch still gets the logits it would get alone.
         fast_paths: build the blocks with the CPU fast paths of :mod:`sppnet.kernels` (same
             results to float tolerance, faster on a CPU). Default: :func:`kernels.fast_paths_enabled`.
+        norm_after_pool: with ``batch_norm``, each block is Conv + MaxPool + BatchNorm + ReLU: the
+            norm works on the pooled map, 4x smaller (a different function, since max pooling
+            and a norm with a negative scale do not commute; about 1.5x faster training steps
+            on a CPU). Default False: Conv + BatchNorm + MaxPool + ReLU.
 
     Shape:
         x: (N, 3, H, W) float RGB 0..255 with H, W >= 2 ** len(widths); sizes: (N, 2) optional;
@@ -223,17 +227,23 @@ class FlowerCNN(nn.Module):
         config: dict | None = None,
         batch_norm: bool = False,
         fast_paths: bool | None = None,
+        norm_after_pool: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(batch_norm, bool):
-            raise ConfigError(f"batch_norm must be True or False, got {batch_norm!r}")
+        for name, value in (("batch_norm", batch_norm), ("norm_after_pool", norm_after_pool)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
         num_classes = _check_int("num_classes", num_classes, 1)
         hidden = _check_int("hidden", hidden, 1)
         dropout = _check_dropout(dropout)
         widths = tuple(_check_int("every width", w, 1) for w in widths)
         if not widths:
             raise ConfigError("widths must name at least one conv block")
+        if norm_after_pool and not batch_norm:
+            raise ConfigError("norm_after_pool places the batch norm after the pooling; it needs batch_norm")
         self.config = dict(config or {})
+        if norm_after_pool:
+            self.config["norm_after_pool"] = True  # absent from the models without it, as before
         self.stride = 2 ** len(widths)
         self.fast_paths = kernels.fast_paths_enabled() if fast_paths is None else bool(fast_paths)
         max_spp = isinstance(pool, SpatialPyramidPooling) and pool.mode == "max"
@@ -242,11 +252,15 @@ class FlowerCNN(nn.Module):
             # Keras' Conv2D(activation="relu") then MaxPool2D. ReLU and max pooling commute (both
             # are monotone), so pooling first computes the same values and gradients with the
             # ReLU on a map 4x smaller. With batch_norm: Conv (no bias) + BatchNorm + MaxPool +
-            # ReLU (the norm's scale may be negative, so it stays before the pooling).
+            # ReLU (the norm's scale may be negative, so it stays before the pooling), or with
+            # norm_after_pool Conv + MaxPool + BatchNorm + ReLU (another function, cheaper).
             layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=not batch_norm)]
-            if batch_norm:
+            if batch_norm and not norm_after_pool:
                 layers.append(nn.BatchNorm2d(width))
-            layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
+            layers.append(nn.MaxPool2d(2))
+            if batch_norm and norm_after_pool:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
             last = i == len(widths) - 1
             blocks.append(kernels.conv_block(*layers, feeds_max_spp=max_spp and last, fast=self.fast_paths))
             channels = width
@@ -332,6 +346,7 @@ def spp(
     hidden: int = 128,
     batch_norm: bool = False,
     fast_paths: bool | None = None,
+    norm_after_pool: bool = False,
 ) -> FlowerCNN:
     """The study's CNN with a spatial pyramid pooling head: any input size.
 
@@ -343,7 +358,8 @@ def spp(
     head = SpatialPyramidPooling(levels, pool)
     config = dict(name="spp", num_classes=num_classes, levels=list(head.levels), pool=pool,
                   dropout=dropout, widths=list(widths), hidden=hidden, batch_norm=batch_norm)
-    return FlowerCNN(head, num_classes, widths, hidden, dropout, config, batch_norm, fast_paths)
+    return FlowerCNN(head, num_classes, widths, hidden, dropout, config, batch_norm, fast_paths,
+                     norm_after_pool)
 
 
 @register_model("flatten")
@@ -355,6 +371,7 @@ def flatten(
     hidden: int = 128,
     batch_norm: bool = False,
     fast_paths: bool | None = None,
+    norm_after_pool: bool = False,
 ) -> FlowerCNN:
     """The study's baseline: a Flatten head, so only ``input_size`` x ``input_size`` images.
 
@@ -371,7 +388,8 @@ def flatten(
         map_size //= 2
     config = dict(name="flatten", num_classes=num_classes, input_size=input_size,
                   dropout=dropout, widths=list(widths), hidden=hidden, batch_norm=batch_norm)
-    return FlowerCNN(FlattenHead(map_size), num_classes, widths, hidden, dropout, config, batch_norm, fast_paths)
+    return FlowerCNN(FlattenHead(map_size), num_classes, widths, hidden, dropout, config, batch_norm, fast_paths,
+                     norm_after_pool)
 
 
 @register_model("gap")
@@ -382,11 +400,13 @@ def gap(
     hidden: int = 128,
     batch_norm: bool = False,
     fast_paths: bool | None = None,
+    norm_after_pool: bool = False,
 ) -> FlowerCNN:
     """The study's CNN with global average pooling: any input size, one value per channel."""
     config = dict(name="gap", num_classes=num_classes, dropout=dropout,
                   widths=list(widths), hidden=hidden, batch_norm=batch_norm)
-    return FlowerCNN(GlobalAvgPool(), num_classes, widths, hidden, dropout, config, batch_norm, fast_paths)
+    return FlowerCNN(GlobalAvgPool(), num_classes, widths, hidden, dropout, config, batch_norm, fast_paths,
+                     norm_after_pool)
 
 
 _MOVED = {"max_pool_2x2": "max_pool_2x2", "conv3x3_sparse_grad": "conv3x3_sparse_grad", "ConvBlock": "FastConvBlock"}

@@ -10,6 +10,10 @@ Policies (each reproducible from the seed and reshuffled every epoch):
       warp; the longer side is capped at ``MAX_ASPECT`` x S (a longer image is shrunk further,
       keeping its aspect ratio). Batches group images of similar shape, are zero-padded to the
       largest and carry each image's valid size.
+    * ``progressive A:B``: ``native``, with a shorter side that grows linearly from A in the first
+      epoch to B in the last (progressive resizing: whole images at growing sizes, one set of
+      weights, which only a head that takes any size allows). Images are stored at B and shrunk
+      per batch; the run is validated and tested at ``native B``.
 
 A policy answers what its callers need: how to store an image (:meth:`SizePolicy.store_size`,
 and :attr:`SizePolicy.fixed_store_size` when every image is stored at one size), the view a run
@@ -32,7 +36,9 @@ import torch.nn.functional as F
 from .data.store import ImageStore
 from .errors import ConfigError
 
-__all__ = ["Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "parse_policy", "padding_overhead"]
+__all__ = [
+    "Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "Progressive", "parse_policy", "padding_overhead",
+]
 
 #: The longest side a ``native`` image may have, as a multiple of its shorter side S.
 MAX_ASPECT = 2.0
@@ -344,6 +350,67 @@ class Native(SizePolicy):
         return [groups[i] for i in shuffled]
 
 
+class Progressive(Native):
+    """``native``, its shorter side growing linearly from ``low`` (first epoch) to ``high`` (epoch
+    ``epochs`` and after). Images are stored at ``high`` and each batch is shrunk to the epoch's
+    side, image by image (each valid region resized on its own, so padding never bleeds in)."""
+
+    kind = "progressive"
+
+    def __init__(self, low: int = 128, high: int = 180, epochs: int = 1, max_aspect: float = MAX_ASPECT) -> None:
+        super().__init__(high, max_aspect)
+        self.low = _check_size(low, "the progressive lower size")
+        self.high = self.size
+        if self.high < self.low:
+            raise ConfigError(f"progressive sizes {low}:{high} shrink; write them as LOW:HIGH, e.g. 96:128")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"the progressive policy's epochs must be an integer >= 1, got {epochs!r}")
+        self.epochs = epochs
+
+    def side(self, epoch: int) -> int:
+        """The shorter side of epoch ``epoch``'s images (0-based)."""
+        if self.epochs == 1 or epoch >= self.epochs - 1:
+            return self.high
+        return round(self.low + (self.high - self.low) * epoch / (self.epochs - 1))
+
+    @property
+    def smallest_size(self) -> int:
+        return self.low
+
+    def test_view(self) -> SizePolicy:
+        return Native(self.high, self.max_aspect)
+
+    def describe(self) -> str:
+        return f"progressive {self.low}:{self.high} over {self.epochs} epochs"
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "low": self.low, "high": self.high, "epochs": self.epochs,
+                "max_aspect": self.max_aspect}
+
+    def make_batch(self, store: ImageStore, indices: torch.Tensor, epoch: int = 0, seed: int = 0) -> Batch:
+        images, sizes = store.gather(indices)
+        side = self.side(epoch)
+        if side != self.high:
+            images, sizes = shrink_each(images, sizes, side / self.high)
+        return Batch(images, sizes, store.labels[indices], indices)
+
+
+def shrink_each(images: torch.Tensor, sizes: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resizes each image's valid region of a padded uint8 batch by ``scale`` (bilinear with
+    antialiasing, one call per distinct size) and pads the results again: (images, sizes)."""
+    new_sizes = (sizes.double() * scale).round().clamp(min=1).long()
+    height, width = (int(v) for v in new_sizes.max(0).values)
+    out = torch.zeros(len(images), height, width, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+    shapes, group = torch.unique(sizes, dim=0, return_inverse=True)
+    for k, (h, w) in enumerate(shapes.tolist()):
+        members = torch.nonzero(group == k).flatten()
+        nh, nw = (int(v) for v in new_sizes[members[0]])
+        crop = images[members, :, :h, :w]
+        out[members, :, :nh, :nw] = F.interpolate(crop, size=(nh, nw), mode="bilinear", align_corners=False,
+                                                  antialias=True)
+    return out, new_sizes
+
+
 def padding_overhead(batches) -> float:
     """Padded pixels / all pixels over some batches."""
     padded = valid = 0
@@ -355,12 +422,16 @@ def padding_overhead(batches) -> float:
 
 
 def parse_policy(
-    size: int | None = None, sizes: str | None = None, size_range: str | None = None, native: int | None = None
+    size: int | None = None, sizes: str | None = None, size_range: str | None = None, native: int | None = None,
+    progressive: str | None = None, epochs: int = 1,
 ) -> SizePolicy:
-    """Builds a policy from the command-line options (at most one given; default fixed 180)."""
-    given = [name for name, v in [("--size", size), ("--sizes", sizes), ("--size-range", size_range), ("--native", native)] if v is not None]
+    """Builds a policy from the command-line options (at most one given; default fixed 180);
+    ``epochs`` is the length of a progressive policy's growth."""
+    options = [("--size", size), ("--sizes", sizes), ("--size-range", size_range), ("--native", native),
+               ("--progressive", progressive)]
+    given = [name for name, v in options if v is not None]
     if len(given) > 1:
-        raise ConfigError(f"give only one of --size, --sizes, --size-range, --native (got {' and '.join(given)})")
+        raise ConfigError(f"give only one of {', '.join(name for name, _ in options)} (got {' and '.join(given)})")
     if sizes is not None:
         try:
             return Multi(tuple(int(s) for s in str(sizes).split(",") if s.strip()))
@@ -373,6 +444,12 @@ def parse_policy(
         except ValueError:
             raise ConfigError(f"--size-range must be LOW:HIGH like 180:224, got {size_range!r}") from None
         return Range(low, high)
+    if progressive is not None:
+        try:
+            low, high = (int(p) for p in str(progressive).split(":"))
+        except ValueError:
+            raise ConfigError(f"--progressive must be LOW:HIGH like 96:128, got {progressive!r}") from None
+        return Progressive(low, high, epochs)
     if native is not None:
         return Native(native)
     return Fixed(180 if size is None else size)
@@ -382,7 +459,7 @@ def policy_from_config(config: dict) -> SizePolicy:
     """Rebuilds a policy from :meth:`SizePolicy.to_config`."""
     config = dict(config)
     kind = config.pop("kind", None)
-    classes = {cls.kind: cls for cls in (Fixed, Multi, Range, Native)}
+    classes = {cls.kind: cls for cls in (Fixed, Multi, Range, Native, Progressive)}
     if kind not in classes:
         raise ConfigError(f"unknown size policy {kind!r}: choose one of {', '.join(classes)}")
     if kind == "multi":

@@ -68,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sizes.add_argument("--sizes", help="multi-size training, one size per epoch, e.g. 180,224")
     sizes.add_argument("--size-range", help="a size drawn per epoch from LOW:HIGH, e.g. 180:224")
     sizes.add_argument("--native", type=int, help="keep aspect ratios, shorter side NATIVE, padded batches")
+    sizes.add_argument("--progressive", metavar="LOW:HIGH",
+                       help="progressive resizing: --native with a shorter side growing from LOW in the first "
+                            "epoch to HIGH in the last, e.g. 64:96; validated and tested at HIGH")
     _add_config_fields(groups)
     run_group = groups["run"]
     run_group.add_argument("--out", default=None, help="run folder (default runs/MODEL, or runs/PRESET)")
@@ -87,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
 
     names = [f.name for f in cli_fields() if f.name not in ("preset",)]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if any(v is not None for v in (args.size, args.sizes, args.size_range, args.native)):
-        overrides["policy"] = parse_policy(args.size, args.sizes, args.size_range, args.native).to_config()
+    if any(v is not None for v in (args.size, args.sizes, args.size_range, args.native, args.progressive)):
+        policy = parse_policy(args.size, args.sizes, args.size_range, args.native, args.progressive).to_config()
+        if policy["kind"] == "progressive":
+            del policy["epochs"]  # the run's epochs (TrainConfig fills them in)
+        overrides["policy"] = policy
     if args.resume:
         _check_resume_options(args, overrides)
     preset = args.preset or "study"
@@ -122,8 +128,11 @@ def _check_resume_options(args: argparse.Namespace, overrides: dict) -> None:
         if name in ("epochs", "device"):
             continue
         if name == "policy":
+            if value["kind"] == "progressive":
+                value = {"epochs": stored.policy.get("epochs", 1), **value}
             if policy_from_config(value) != stored.size_policy():
-                changed.append(f"--size/--sizes/--size-range/--native ({stored.size_policy().describe()} in the run)")
+                changed.append(f"--size/--sizes/--size-range/--native/--progressive "
+                               f"({stored.size_policy().describe()} in the run)")
         elif value != getattr(stored, name):
             changed.append(f"--{name.replace('_', '-')} ({getattr(stored, name)!r} in the run)")
     if args.preset is not None and args.preset != stored.preset:
