@@ -6,6 +6,8 @@ ones resumed, so the script can be stopped and started again):
   1. ``tune/NAME``: each candidate recipe trained with ``--holdout 0.2``: validated on a fifth of
      the 2,936 training files; the validation split is never read. The ``best-no-*`` and
      ``fast-no-*`` runs remove one ingredient of the preset at a time, at the preset's full length.
+     The ``fast`` recipes, whose differences are of the size of their seed spread, are trained
+     with seeds 123, 1 and 2 (``tune/NAME-seed1``, ``-seed2``), the others with seed 123.
   2. ``PRESET/seedN``: each preset trained on the whole training split (less its calibration
      hold-out) and validated once on the validation split (seed 123), with training seeds 123, 1, 2.
 
@@ -42,15 +44,39 @@ TUNING = {
     "best-no-ema": dict(preset="best", ema=0.0),
     "best-no-label-smoothing": dict(preset="best", label_smoothing=0.0),
     "best-narrow": dict(preset="best", widths=(16, 32, 64, 128)),
+    "best-norm-after-pool": dict(preset="best", norm_after_pool=True),
     "fast": dict(preset="fast"),
     "fast-no-ema": dict(preset="fast", ema=0.0),
+    "fast-no-label-smoothing": dict(preset="fast", label_smoothing=0.0),
+    "fast-fp32": dict(preset="fast", precision="fp32"),
+    "fast-norm-before-pool": dict(preset="fast", norm_after_pool=False),
+    # third round, each on three seeds (the differences are of the size of fast's seed spread)
+    "fast-v2": dict(preset="fast", norm_after_pool=False, epochs=14),  # the second round's fast
+    "fast-v2-progressive-48-96": dict(preset="fast", norm_after_pool=False, epochs=14,
+                                      policy={"kind": "progressive", "low": 48, "high": 96}),
+    "fast-v2-progressive-56-96": dict(preset="fast", norm_after_pool=False, epochs=14,
+                                      policy={"kind": "progressive", "low": 56, "high": 96}),
+    "fast-v2-progressive-64-96": dict(preset="fast", norm_after_pool=False, epochs=14,
+                                      policy={"kind": "progressive", "low": 64, "high": 96}),
+    "fast-14-epochs": dict(preset="fast", epochs=14),
+    "fast-17-epochs": dict(preset="fast", epochs=17),
+    "fast-20-epochs": dict(preset="fast", epochs=20),
     "study": dict(preset="study"),
 }
+#: Tuning runs trained with every seed of SEEDS (``tune/NAME`` for seed 123, ``tune/NAME-seedN``
+#: for the others); the rest with seed 123 alone.
+TUNED_ON_SEEDS = tuple(name for name in TUNING if name.split("-")[0] == "fast")
 FINAL = ("study", "study-plus", "fast", "best")
 SEEDS = (123, 1, 2)
 SIZE_VIEWS = (("whole, shorter side 128", dict(native=128)), ("whole, 180", dict(native=180)),
               ("whole, 256", dict(native=256)), ("whole, 320", dict(native=320)),
               ("warped to 180 x 180", dict(size=180)))
+
+
+def tuning_paths(out: Path, name: str) -> dict[int, Path]:
+    """The run folder of each seed a tuning recipe is trained with."""
+    seeds = SEEDS if name in TUNED_ON_SEEDS else SEEDS[:1]
+    return {seed: out / "tune" / (name if seed == SEEDS[0] else f"{name}-seed{seed}") for seed in seeds}
 
 
 def finished(path: Path) -> bool:
@@ -99,15 +125,19 @@ def mean_or_dash(values: list, fmt: str = ".3f") -> str:
 
 
 def report(out: Path, device: str) -> None:
-    print("## Tuning on the training split (hold-out 587 of 2,936 training files, seed 123)\n")
+    print("## Tuning on the training split (hold-out 587 of 2,936 training files; training seed 123, or the mean "
+          "± sd of seeds 123, 1, 2 where three are given)\n")
     print("| recipe | hold-out acc (final epoch) | ECE (calibrated) | epochs | minutes |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in TUNING:
-        path = out / "tune" / name
-        if finished(path):
-            s = summary(path)
-            print(f"| {name} | {s['accuracy']:.4f} | {s['ece']:.3f} ({mean_or_dash([s['ece_calibrated']])}) "
-                  f"| {s['epochs']} | {s['minutes']:.0f} |")
+        done = [summary(path) for path in tuning_paths(out, name).values() if finished(path)]
+        if done:
+            accuracy = spread([s["accuracy"] for s in done])
+            if len(done) > 1:
+                accuracy += " (" + ", ".join(f"{s['accuracy']:.4f}" for s in done) + ")"
+            print(f"| {name} | {accuracy} | {mean_or_dash([s['ece'] for s in done])} "
+                  f"({mean_or_dash([s['ece_calibrated'] for s in done])}) | {done[0]['epochs']} "
+                  f"| {statistics.mean(s['minutes'] for s in done):.1f} |")
 
     print("\n## Validation split (734 files, seed 123), 3 training seeds, final epoch\n")
     print("ECE during training (bf16 where the run used it, before calibration), then as `sppnet evaluate` "
@@ -164,7 +194,11 @@ def main() -> None:
     if not args.report_only:
         if "tune" in stages:
             for name in args.tuning.split(","):
-                ensure(out / "tune" / name, args.data, {**TUNING[name], "holdout": 0.2}, args.device)
+                if name not in TUNING:
+                    raise SystemExit(f"--tuning: unknown recipe {name!r}")
+                for seed, path in tuning_paths(out, name).items():
+                    ensure(path, args.data, {**TUNING[name], "holdout": 0.2, "seed": seed, "split_seed": 123},
+                           args.device)
         if "final" in stages:
             for seed in map(int, args.seeds.split(",")):
                 for preset in args.presets.split(","):
