@@ -187,3 +187,32 @@ def test_the_ece_noise_floor_is_what_a_calibrated_sample_shows_and_shrinks_with_
     shown = [expected_calibration_error(small, (rng.random(300) < small).astype(float)) for _ in range(100)]
     assert np.mean(shown) == pytest.approx(ece_noise_floor(small), rel=0.15)
     assert ece_noise_floor(small) == ece_noise_floor(small)  # seeded: the same every time
+
+
+def test_calibration_fits_weights_shared_by_best_and_last_once(calibrated_run, tmp_path, monkeypatch):
+    from sppnet.data import ImageStore
+    from sppnet.evaluate import calibrate_run
+    from sppnet.sizing import Native
+
+    out = tmp_path / "run"
+    shutil.copytree(calibrated_run[1], out)
+    shutil.copy(out / "last.safetensors", out / "best.safetensors")  # the last epoch was the best
+    rng = np.random.default_rng(0)
+    store = ImageStore([rng.integers(0, 256, (32, 40, 3), dtype=np.uint8) for _ in range(12)], [i % 3 for i in range(12)])
+    run = RunFolder(out)
+    loads = []
+    original = RunFolder.load_model
+    monkeypatch.setattr(RunFolder, "load_model", lambda self, *a, **k: loads.append(a[0]) or original(self, *a, **k))
+
+    def calibrate(best_epoch):
+        metrics = run.read_json("metrics.json")
+        metrics["best"]["epoch"] = best_epoch
+        run.write_json("metrics.json", metrics)
+        loads.clear()
+        return calibrate_run(run, store, store, Native(32), flip=True), json.loads((out / "calibration.json").read_text())
+
+    apart, apart_file = calibrate(best_epoch=1)
+    assert loads == ["best", "last"]
+    shared, shared_file = calibrate(best_epoch=run.read_json("metrics.json")["epochs"])
+    assert loads == ["best"]  # one fit serves both
+    assert shared == apart and shared_file == apart_file  # the same numbers as fitting each

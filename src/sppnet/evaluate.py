@@ -238,7 +238,11 @@ def calibrate_run(run: RunFolder, calibration_store: data_mod.ImageStore, val_st
     class_names = list(run.run_config().class_names)
     entry: dict = {"images": len(calibration_store), "view": view.describe() + (", with mirror images" if flip else "")}
     calibrated: dict = {}
+    metrics = run.read_json("metrics.json")
     for weights in ("best", "last"):
+        if weights == "last" and metrics["best"]["epoch"] == metrics["epochs"]:
+            entry["last"], calibrated["last"] = entry["best"], calibrated["best"]  # the same weights
+            continue
         model = run.load_model(weights, device, calibrated=False)
 
         def logits_of(store):
@@ -258,7 +262,6 @@ def calibrate_run(run: RunFolder, calibration_store: data_mod.ImageStore, val_st
                                "val_accuracy": evaluation.accuracy, "val_ece": evaluation.ece,
                                "val_ece_floor": evaluation.ece_floor}
     run.write_calibration(entry)
-    metrics = run.read_json("metrics.json")
     metrics["calibrated"] = calibrated
     run.write_json("metrics.json", metrics)
     return calibrated
