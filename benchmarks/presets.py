@@ -39,12 +39,12 @@ from sppnet.train import train
 TUNING = {
     # the round before this one, for reference
     "best-v1": dict(preset="best", widths=(16, 32, 64, 128), precision="fp32", ema=0.0, label_smoothing=0.0,
-                    calibrate=0.0, epochs=50),
+                    norm_after_pool=False, calibrate=0.0, epochs=50),
+    "best-v2": dict(preset="best", norm_after_pool=False),  # the second round's best
+    "best-v2-narrow": dict(preset="best", norm_after_pool=False, widths=(16, 32, 64, 128)),
     "best": dict(preset="best"),
     "best-no-ema": dict(preset="best", ema=0.0),
     "best-no-label-smoothing": dict(preset="best", label_smoothing=0.0),
-    "best-narrow": dict(preset="best", widths=(16, 32, 64, 128)),
-    "best-norm-after-pool": dict(preset="best", norm_after_pool=True),
     "fast": dict(preset="fast"),
     "fast-no-ema": dict(preset="fast", ema=0.0),
     "fast-no-label-smoothing": dict(preset="fast", label_smoothing=0.0),

@@ -85,6 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "policy": {"kind": "native", "size": 128},
         "widths": (32, 64, 128, 256),
         "batch_norm": True,
+        "norm_after_pool": True,
         "schedule": "cosine",
         "warmup_epochs": 1,
         "lr": 2e-3,
