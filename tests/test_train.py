@@ -365,6 +365,11 @@ def run_cli(args, capsys):
         (["train", "{data}", "--out", "{tmp}/x", "--model", "spq"], "unknown model 'spq'"),
         (["train", "{data}", "--out", "{tmp}/x", "--pool", "mean"], "mode must be one of max, avg"),
         (["train", "{data}", "--out", "{tmp}/x", "--size", "4"], "size must be an integer >= 8"),
+        (["train", "{data}", "--out", "{tmp}/x", "--progressive", "64"], "--progressive must be LOW:HIGH like 96:128"),
+        (["train", "{data}", "--out", "{tmp}/x", "--progressive", "8:32", "--widths", "8,8,8,8"],
+         "progressive 8:32 over 20 epochs: images of 8 px are smaller than the network's stride of 16 px"),
+        (["train", "{data}", "--out", "{tmp}/x", "--norm-after-pool"], "--norm-after-pool moves the batch norm after the "
+                                                                       "pooling; give --batch-norm too"),
         (["train", "{data}", "--out", "{tmp}/x", "--preset", "magic"], "unknown --preset 'magic'"),
         (["train", "{tmp}/no-such-data", "--out", "{tmp}/x"], "no-such-data: no such folder or archive"),
         (["train", "{data}", "--out", "{tmp}/x", "--store-dir", "{data}/amber/img_000.jpg"], "img_000.jpg: not a folder"),
