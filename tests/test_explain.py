@@ -200,3 +200,14 @@ def test_cli_refuses_an_unknown_class(run, tmp_path, capsys):
     image = write_image(tmp_path / "a.png", (40, 40))
     assert main(["explain", str(run), str(image), "--class", "purple", "--out", str(tmp_path / "m")]) == 2
     assert "--class 'purple' is not one of the run's classes" in capsys.readouterr().err
+
+
+def test_top_k_explains_each_class_as_a_single_target_would(trained):
+    image = synthetic(np.random.default_rng(5), 1)[0][0]
+    top = explain_top(trained, image, k=3)  # one pass through the conv layers for all three
+    assert [e.probability for e in top] == sorted((e.probability for e in top), reverse=True)
+    for explanation in top:
+        alone = explain_top(trained, image, target=explanation.class_name)[0]
+        np.testing.assert_allclose(explanation.model_heatmap, alone.model_heatmap, atol=1e-6)
+        for level, shares in explanation.pyramid.items():
+            np.testing.assert_allclose(shares, alone.pyramid[level], atol=1e-6)

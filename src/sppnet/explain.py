@@ -106,6 +106,13 @@ def evidence_maps(model: torch.nn.Module, x: Tensor, sizes: Tensor | None, targe
     Shape:
         x: (N, 3, H, W); sizes: (N, 2); target: (N,).
     """
+    features, map_sizes, sizes = _features(model, x, sizes)
+    return _evidence(model, features, map_sizes, sizes, target)
+
+
+def _features(model: torch.nn.Module, x: Tensor, sizes: Tensor | None
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """The conv features of a batch (eval mode, no gradient), their valid sizes and the images'."""
     if not all(hasattr(model, name) for name in ("forward_features", "pool", "classifier")):
         raise ConfigError("explaining needs a model of the flower family (an ONNX file has no gradients)")
     n, _, height, width = x.shape
@@ -116,7 +123,22 @@ def evidence_maps(model: torch.nn.Module, x: Tensor, sizes: Tensor | None, targe
             sizes = torch.as_tensor(sizes, device=x.device).long()
         with torch.no_grad():
             features, map_sizes = model.forward_features(x, sizes)  # (N, C, h, w)
-        features = features.detach().float().requires_grad_(True)
+    finally:
+        model.train(was_training)
+    if map_sizes is None:
+        map_sizes = torch.tensor([features.shape[-2:]] * n, device=features.device)
+        sizes = torch.tensor([[height, width]] * n, device=features.device)
+    return features.detach().float(), map_sizes, sizes
+
+
+def _evidence(model: torch.nn.Module, features: Tensor, map_sizes: Tensor, sizes: Tensor, target: Tensor
+              ) -> tuple[list[Tensor], dict[int, Tensor]]:
+    """:func:`evidence_maps` from the conv features: the head's gradients for ``target``."""
+    n = len(features)
+    was_training = model.training
+    model.eval()
+    try:
+        features = features.clone().requires_grad_(True)
         with torch.enable_grad():
             pooled = model.pool(features, map_sizes)  # (N, F)
             logits = model.classifier(pooled)  # (N, K)
@@ -125,9 +147,6 @@ def evidence_maps(model: torch.nn.Module, x: Tensor, sizes: Tensor | None, targe
     finally:
         model.train(was_training)
     features, pooled = features.detach(), pooled.detach()
-    if map_sizes is None:
-        map_sizes = torch.tensor([features.shape[-2:]] * n, device=features.device)
-        sizes = torch.tensor([[height, width]] * n, device=features.device)
     maps = []
     for i in range(n):
         h, w = (int(v) for v in map_sizes[i])
@@ -197,9 +216,11 @@ def explain_top(predictor: Predictor, image, k: int = 1, target: str | None = No
     else:
         order = np.argsort([-prediction.probabilities[c] for c in predictor.class_names], kind="stable")
         classes = [int(c) for c in order[:k]]
-    x = x.to(predictor.device)
-    batch = x.expand(len(classes), -1, -1, -1)
-    maps, pyramid = evidence_maps(predictor.model, batch, None, torch.tensor(classes))
+    # The conv features once, the head's gradient for each class (its K copies are cheap).
+    features, map_sizes, sizes = _features(predictor.model, x.to(predictor.device), None)
+    k = len(classes)
+    maps, pyramid = _evidence(predictor.model, features.expand(k, -1, -1, -1), map_sizes.expand(k, -1),
+                              sizes.expand(k, -1), torch.tensor(classes))
     original = _original(image)
     height, width = original.shape[:2]
     out = []
