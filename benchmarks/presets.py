@@ -45,6 +45,8 @@ TUNING = {
     "best": dict(preset="best"),
     "best-no-ema": dict(preset="best", ema=0.0),
     "best-no-label-smoothing": dict(preset="best", label_smoothing=0.0),
+    # for the size target: whole images growing from 112 to 160 px (tested at 160)
+    "best-progressive-112-160": dict(preset="best", policy={"kind": "progressive", "low": 112, "high": 160}),
     "fast": dict(preset="fast"),
     "fast-no-ema": dict(preset="fast", ema=0.0),
     "fast-no-label-smoothing": dict(preset="fast", label_smoothing=0.0),
