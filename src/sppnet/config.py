@@ -51,9 +51,9 @@ SECTIONS = ("model", "sizes", "augmentation", "optimisation", "data", "run")
 #: ``study`` is the study's exact setup and the default. ``study-plus`` keeps the study's network
 #: and 20 epochs and changes only the training recipe and the test view. ``fast`` aims at the
 #: study's accuracy and more in a third of its time (small whole images, the batch norm after the
-#: pooling, a high learning rate, 16 epochs); ``best`` at the highest accuracy in 30 minutes on two CPU cores (a wider network,
-#: 70 epochs). Both keep a moving average of the weights, use bf16 where the hardware has it and
-#: fit a temperature on a tenth of the training split. How they were chosen (on a part of the
+#: pooling, a high learning rate, 16 epochs); ``best`` at the highest accuracy in 30 minutes on
+#: two CPU cores (a wider network, 70 epochs). Both keep a moving average of the weights, use
+#: bf16 where the hardware has it and fit a temperature on a tenth of the training split. How they were chosen (on a part of the
 #: training split only) and what each ingredient brings: docs/accuracy.md.
 PRESETS: dict[str, dict[str, Any]] = {
     "study": {},
@@ -141,7 +141,7 @@ class TrainConfig:
     hidden: int = _field(128, "model", "dense layer units")
     batch_norm: bool = _field(False, "model", "batch norm after each conv")
     norm_after_pool: bool = _field(False, "model", "with --batch-norm: the norm after each block's pooling, on a map "
-                                   "4x smaller (about 1.5x faster steps on a CPU)")
+                                   "4x smaller (about 1.3x faster steps on a CPU)")
     dropout: float = _field(0.2, "model", "dropout rate before the dense layers")
     # sizes (the policy is set by --size, --sizes, --size-range, --native or --progressive; see sizing.parse_policy)
     policy: dict = _field(lambda: Fixed(180).to_config(), "sizes", "the size policy", cli=False)

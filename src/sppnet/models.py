@@ -209,7 +209,7 @@ class FlowerCNN(nn.Module):
             results to float tolerance, faster on a CPU). Default: :func:`kernels.fast_paths_enabled`.
         norm_after_pool: with ``batch_norm``, each block is Conv + MaxPool + BatchNorm + ReLU: the
             norm works on the pooled map, 4x smaller (a different function, since max pooling
-            and a norm with a negative scale do not commute; about 1.5x faster training steps
+            and a norm with a negative scale do not commute; about 1.3x faster training steps
             on a CPU). Default False: Conv + BatchNorm + MaxPool + ReLU.
 
     Shape:

@@ -87,12 +87,16 @@ class Progressive(Native):
     def __init__(self, low: int = 128, high: int = 180, epochs: int = 1, max_aspect: float = MAX_ASPECT) -> None:
         super().__init__(high, max_aspect)
         self.low = check_size(low, "the progressive lower size")
-        self.high = self.size
         if self.high < self.low:
             raise ConfigError(f"progressive sizes {low}:{high} shrink; write them as LOW:HIGH, e.g. 96:128")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"the progressive policy's epochs must be an integer >= 1, got {epochs!r}")
         self.epochs = epochs
+
+    @property
+    def high(self) -> int:
+        """The last epoch's shorter side: the stored, validated and tested one (``size``)."""
+        return self.size
 
     def side(self, epoch: int) -> int:
         """The shorter side of epoch ``epoch``'s images (0-based)."""
