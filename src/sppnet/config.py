@@ -53,8 +53,9 @@ SECTIONS = ("model", "sizes", "augmentation", "optimisation", "data", "run")
 #: study's accuracy and more in a third of its time (small whole images, the batch norm after the
 #: pooling, a high learning rate, 16 epochs); ``best`` at the highest accuracy in 30 minutes on
 #: two CPU cores (a wider network, 70 epochs). Both keep a moving average of the weights, use
-#: bf16 where the hardware has it and fit a temperature on a tenth of the training split. How they were chosen (on a part of the
-#: training split only) and what each ingredient brings: docs/accuracy.md.
+#: bf16 where the hardware has it and fit a temperature on a tenth of the training split. How
+#: they were chosen (on a part of the training split only) and what each ingredient brings:
+#: docs/accuracy.md.
 PRESETS: dict[str, dict[str, Any]] = {
     "study": {},
     "study-plus": {
