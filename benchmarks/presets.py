@@ -47,6 +47,9 @@ TUNING = {
     "best-no-label-smoothing": dict(preset="best", label_smoothing=0.0),
     # for the size target: whole images growing from 112 to 160 px (tested at 160)
     "best-progressive-112-160": dict(preset="best", policy={"kind": "progressive", "low": 112, "high": 160}),
+    # fourth round, for the size target: each batch at a shorter side drawn from LOW:HIGH (tested at HIGH)
+    "best-native-range-96-192": dict(preset="best", policy={"kind": "native-range", "low": 96, "high": 192}),
+    "best-native-range-112-176": dict(preset="best", policy={"kind": "native-range", "low": 112, "high": 176}),
     "fast": dict(preset="fast"),
     "fast-no-ema": dict(preset="fast", ema=0.0),
     "fast-no-label-smoothing": dict(preset="fast", label_smoothing=0.0),

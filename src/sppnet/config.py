@@ -144,7 +144,7 @@ class TrainConfig:
     norm_after_pool: bool = _field(False, "model", "with --batch-norm: the norm after each block's pooling, on a map "
                                    "4x smaller (about 1.3x faster steps on a CPU)")
     dropout: float = _field(0.2, "model", "dropout rate before the dense layers")
-    # sizes (the policy is set by --size, --sizes, --size-range, --native or --progressive; see sizing.parse_policy)
+    # sizes (the policy: --size, --sizes, --size-range, --native, --progressive or --native-range; see sizing.parse_policy)
     policy: dict = _field(lambda: Fixed(180).to_config(), "sizes", "the size policy", cli=False)
     flip_test: bool = _field(False, "sizes", "validate on each image and its mirror image")
     # augmentation

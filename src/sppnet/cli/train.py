@@ -71,6 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sizes.add_argument("--progressive", metavar="LOW:HIGH",
                        help="progressive resizing: --native with a shorter side growing from LOW in the first "
                             "epoch to HIGH in the last, e.g. 64:96; validated and tested at HIGH")
+    sizes.add_argument("--native-range", metavar="LOW:HIGH",
+                       help="scale augmentation: --native with a shorter side drawn for each batch from LOW:HIGH, "
+                            "e.g. 96:192; validated and tested at HIGH")
     _add_config_fields(groups)
     run_group = groups["run"]
     run_group.add_argument("--out", default=None, help="run folder (default runs/MODEL, or runs/PRESET)")
@@ -90,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
     names = [f.name for f in cli_fields() if f.name not in ("preset",)]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if any(v is not None for v in (args.size, args.sizes, args.size_range, args.native, args.progressive)):
-        policy = parse_policy(args.size, args.sizes, args.size_range, args.native, args.progressive).to_config()
+    given = (args.size, args.sizes, args.size_range, args.native, args.progressive, args.native_range)
+    if any(v is not None for v in given):
+        policy = parse_policy(args.size, args.sizes, args.size_range, args.native, args.progressive,
+                              native_range=args.native_range).to_config()
         if policy["kind"] == "progressive":
             del policy["epochs"]  # the run's epochs (TrainConfig fills them in)
         overrides["policy"] = policy
@@ -131,7 +136,7 @@ def _check_resume_options(args: argparse.Namespace, overrides: dict) -> None:
             if value["kind"] == "progressive":
                 value = {"epochs": stored.policy.get("epochs", 1), **value}
             if policy_from_config(value) != stored.size_policy():
-                changed.append(f"--size/--sizes/--size-range/--native/--progressive "
+                changed.append(f"--size/--sizes/--size-range/--native/--progressive/--native-range "
                                f"({stored.size_policy().describe()} in the run)")
         elif value != getattr(stored, name):
             changed.append(f"--{name.replace('_', '-')} ({getattr(stored, name)!r} in the run)")

@@ -14,6 +14,9 @@ Policies (each reproducible from the seed and reshuffled every epoch):
       epoch to B in the last (progressive resizing: whole images at growing sizes, one set of
       weights, which only a head that takes any size allows). Images are stored at B and shrunk
       per batch; the run is validated and tested at ``native B``.
+    * ``native-range A:B``: ``native``, each batch at a shorter side drawn uniformly from [A, B]
+      (scale augmentation on whole images: the objects at many sizes for one set of weights).
+      Images are stored at B and shrunk per batch; validated and tested at ``native B``.
 
 A policy answers what its callers need: how to store an image (:meth:`SizePolicy.store_size`,
 and :attr:`SizePolicy.fixed_store_size` when every image is stored at one size), the view a run
@@ -27,23 +30,23 @@ about sizes: it takes the batches it is handed.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .native import MAX_ASPECT, Native, Progressive, padding_overhead, shrink_each
+from .native import MAX_ASPECT, Native, NativeRange, Progressive, padding_overhead, shrink_each
 from .policy import MAX_SIZE, Batch, Fixed, Multi, Range, SizePolicy, epoch_generator, resize_batch
 
 __all__ = [
-    "Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "Progressive", "parse_policy", "policy_from_config",
+    "Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "Progressive", "NativeRange", "parse_policy", "policy_from_config",
     "padding_overhead", "shrink_each", "resize_batch", "epoch_generator", "MAX_ASPECT", "MAX_SIZE",
 ]
 
 
 def parse_policy(
     size: int | None = None, sizes: str | None = None, size_range: str | None = None, native: int | None = None,
-    progressive: str | None = None, epochs: int = 1,
+    progressive: str | None = None, epochs: int = 1, native_range: str | None = None,
 ) -> SizePolicy:
     """Builds a policy from the command-line options (at most one given; default fixed 180);
     ``epochs`` is the length of a progressive policy's growth."""
     options = [("--size", size), ("--sizes", sizes), ("--size-range", size_range), ("--native", native),
-               ("--progressive", progressive)]
+               ("--progressive", progressive), ("--native-range", native_range)]
     given = [name for name, v in options if v is not None]
     if len(given) > 1:
         raise ConfigError(f"give only one of {', '.join(name for name, _ in options)} (got {' and '.join(given)})")
@@ -65,6 +68,12 @@ def parse_policy(
         except ValueError:
             raise ConfigError(f"--progressive must be LOW:HIGH like 96:128, got {progressive!r}") from None
         return Progressive(low, high, epochs)
+    if native_range is not None:
+        try:
+            low, high = (int(p) for p in str(native_range).split(":"))
+        except ValueError:
+            raise ConfigError(f"--native-range must be LOW:HIGH like 96:192, got {native_range!r}") from None
+        return NativeRange(low, high)
     if native is not None:
         return Native(native)
     return Fixed(180 if size is None else size)
@@ -74,7 +83,7 @@ def policy_from_config(config: dict) -> SizePolicy:
     """Rebuilds a policy from :meth:`SizePolicy.to_config`."""
     config = dict(config)
     kind = config.pop("kind", None)
-    classes = {cls.kind: cls for cls in (Fixed, Multi, Range, Native, Progressive)}
+    classes = {cls.kind: cls for cls in (Fixed, Multi, Range, Native, Progressive, NativeRange)}
     if kind not in classes:
         raise ConfigError(f"unknown size policy {kind!r}: choose one of {', '.join(classes)}")
     if kind == "multi":

@@ -1,5 +1,6 @@
 """The whole-image policies: ``native`` (each image at its own aspect ratio, shape-grouped padded
-batches) and ``progressive`` (``native`` at a shorter side growing over the epochs)."""
+batches), ``progressive`` (``native`` at a shorter side growing over the epochs) and
+``native-range`` (``native`` at a shorter side drawn for each batch)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ..data.store import ImageStore
 from ..errors import ConfigError
 from .policy import Batch, SizePolicy, check_size, epoch_generator
 
-__all__ = ["Native", "Progressive", "MAX_ASPECT", "shrink_each", "padding_overhead"]
+__all__ = ["Native", "Progressive", "NativeRange", "MAX_ASPECT", "shrink_each", "padding_overhead"]
 
 #: The longest side a ``native`` image may have, as a multiple of its shorter side S.
 MAX_ASPECT = 2.0
@@ -121,6 +122,57 @@ class Progressive(Native):
     def make_batch(self, store: ImageStore, indices: torch.Tensor, epoch: int = 0, seed: int = 0) -> Batch:
         images, sizes = store.gather(indices)
         side = self.side(epoch)
+        if side != self.high:
+            images, sizes = shrink_each(images, sizes, side / self.high)
+        return Batch(images, sizes, store.labels[indices], indices)
+
+
+class NativeRange(Native):
+    """``native``, each batch at a shorter side drawn uniformly from [``low``, ``high``]: scale
+    augmentation on whole images, so that one set of weights sees the objects at many sizes (the
+    whole-image form of SPP-net's multi-size training). Images are stored at ``high`` and each
+    batch is shrunk image by image, as ``progressive`` does; the run is validated and tested at
+    ``native HIGH``. The side depends on the seed, the epoch and the batch's images only, so a
+    resumed run draws the same sides."""
+
+    kind = "native-range"
+
+    def __init__(self, low: int = 128, high: int = 180, max_aspect: float = MAX_ASPECT) -> None:
+        super().__init__(high, max_aspect)
+        self.low = check_size(low, "the native range's lower size")
+        if self.high < self.low:
+            raise ConfigError(f"native range {low}:{high} is empty; write it as LOW:HIGH, e.g. 96:192")
+
+    @property
+    def high(self) -> int:
+        """The largest side: the stored, validated and tested one (``size``)."""
+        return self.size
+
+    def side(self, indices: torch.Tensor, epoch: int, seed: int) -> int:
+        """The shorter side of the batch of store images ``indices`` in epoch ``epoch``."""
+        if len(indices) == 0 or self.low == self.high:
+            return self.high
+        # Keyed on the batch's first image: independent of the shuffle's draws and of the order
+        # batches are made in.
+        generator = epoch_generator(seed + 7919 + 104729 * int(indices.min()), epoch)
+        return int(torch.randint(self.low, self.high + 1, (1,), generator=generator))
+
+    @property
+    def smallest_size(self) -> int:
+        return self.low
+
+    def test_view(self) -> SizePolicy:
+        return Native(self.high, self.max_aspect)
+
+    def describe(self) -> str:
+        return f"native range {self.low}:{self.high}"
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "low": self.low, "high": self.high, "max_aspect": self.max_aspect}
+
+    def make_batch(self, store: ImageStore, indices: torch.Tensor, epoch: int = 0, seed: int = 0) -> Batch:
+        images, sizes = store.gather(indices)
+        side = self.side(indices, epoch, seed)
         if side != self.high:
             images, sizes = shrink_each(images, sizes, side / self.high)
         return Batch(images, sizes, store.labels[indices], indices)
