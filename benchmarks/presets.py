@@ -15,7 +15,7 @@ Then it prints one markdown table per stage: final-epoch validation accuracy (ne
 epoch: choosing an epoch by validation accuracy would peek), mean and spread over seeds, ECE
 before and after temperature scaling, the weakest class's recall, minutes; and the size
 table: each preset's seed-123 run tested on whole images at shorter side 128, 180, 256 and 320
-and warped to 180 x 180.
+and warped to 180 x 180; the same table on the hold-out for the size candidates of ``best``.
 
     python benchmarks/presets.py ../shared/datasets/flower_photos.tgz --out runs/presets
     python benchmarks/presets.py DATA --out runs/presets --stages final --presets fast,best
@@ -72,6 +72,8 @@ TUNING = {
 #: for the others); the rest with seed 123 alone.
 TUNED_ON_SEEDS = tuple(name for name in TUNING if name.split("-")[0] == "fast")
 FINAL = ("study", "study-plus", "fast", "best")
+#: Tuning runs whose size table (on the hold-out) is printed: the candidates for best's size target.
+SIZE_TUNING = ("best-v2", "best", "best-progressive-112-160", "best-native-range-96-192", "best-native-range-112-176")
 SEEDS = (123, 1, 2)
 SIZE_VIEWS = (("whole, shorter side 128", dict(native=128)), ("whole, 180", dict(native=180)),
               ("whole, 256", dict(native=256)), ("whole, 320", dict(native=320)),
@@ -167,11 +169,18 @@ def report(out: Path, device: str) -> None:
               f"{mean_or_dash([s['temperature'] for _, s in done], '.2f')} | "
               f"{mean_or_dash([s['minutes'] for _, s in done], '.1f')} |")
 
+    print("\n## Size robustness on the hold-out: the size candidates (seed 123), last weights\n")
+    size_table({name: path for name in SIZE_TUNING for path in tuning_paths(out, name).values()}, device)
     print("\n## Size robustness: the seed-123 run of each preset, last weights, tested on other views\n")
-    print("| preset | " + " | ".join(label for label, _ in SIZE_VIEWS) + " | spread over whole 128–256 |")
+    size_table({preset: out / preset / "seed123" for preset in FINAL}, device)
+
+
+def size_table(runs: dict[str, Path], device: str) -> None:
+    """One row per finished run: its accuracy on each of SIZE_VIEWS (the run's own validation
+    files) and the spread over the whole-image views 128-256."""
+    print("| run | " + " | ".join(label for label, _ in SIZE_VIEWS) + " | spread over whole 128–256 |")
     print("| --- | " + " | ".join("---:" for _ in SIZE_VIEWS) + " | ---: |")
-    for preset in FINAL:
-        path = out / preset / "seed123"
+    for name, path in runs.items():
         if not finished(path):
             continue
         config = RunFolder(path).run_config()
@@ -179,7 +188,7 @@ def report(out: Path, device: str) -> None:
             continue  # a flatten model takes one size only
         accs = [evaluate_run(path, weights="last", device=device, **view).accuracy for _, view in SIZE_VIEWS]
         whole = accs[:3]
-        print(f"| {preset} | " + " | ".join(f"{a:.4f}" for a in accs) + f" | {max(whole) - min(whole):.4f} |")
+        print(f"| {name} | " + " | ".join(f"{a:.4f}" for a in accs) + f" | {max(whole) - min(whole):.4f} |")
 
 
 def main() -> None:

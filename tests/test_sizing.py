@@ -4,7 +4,7 @@ import torch
 
 from sppnet.data import ImageStore
 from sppnet.sizing import (
-    Fixed, Multi, Native, Progressive, Range, padding_overhead, parse_policy, policy_from_config, shrink_each,
+    Fixed, Multi, Native, NativeRange, Progressive, Range, padding_overhead, parse_policy, policy_from_config, shrink_each,
 )
 
 
@@ -112,6 +112,42 @@ def test_progressive_grows_the_shorter_side_linearly_to_the_last_epoch():
             assert b.images.shape[-2:] == tuple(b.sizes.max(0).values.tolist())
 
 
+def test_native_range_draws_a_reproducible_side_per_batch_and_keeps_aspect():
+    policy = NativeRange(40, 80)
+    assert policy.store_size(500, 250) == (160, 80)  # stored as native HIGH
+    assert policy.test_view() == Native(80) and policy.input_size == 80 and policy.smallest_size == 40
+    shapes = [(80, 120), (120, 80), (80, 80), (80, 160)] * 6
+    store = store_of(shapes)
+    sides = []
+    for epoch in range(3):
+        batches = list(policy.batches(store, 3, epoch=epoch, seed=5))
+        assert sorted(torch.cat([b.indices for b in batches]).tolist()) == list(range(len(shapes)))
+        again = list(policy.batches(store, 3, epoch=epoch, seed=5))  # a resumed run draws the same
+        for b, b2 in zip(batches, again):
+            assert torch.equal(b.images, b2.images) and torch.equal(b.sizes, b2.sizes)
+        for b in batches:
+            side = int(b.sizes.min())
+            assert 40 <= side <= 80
+            sides.append(side)
+            for k, i in enumerate(b.indices.tolist()):
+                h, w = shapes[i]
+                expected = [round(h * side / 80), round(w * side / 80)]
+                assert b.sizes[k].tolist() == expected  # the batch's one side, each aspect kept
+                assert b.images[k, :, expected[0]:].eq(0).all() and b.images[k, :, :, expected[1]:].eq(0).all()
+    assert len(set(sides)) > 5  # drawn per batch, not per epoch
+    assert NativeRange(40, 40).side(torch.tensor([3]), 0, 0) == 40
+
+
+def test_native_range_options_and_config():
+    policy = parse_policy(native_range="96:192")
+    assert policy == NativeRange(96, 192) and policy.describe() == "native range 96:192"
+    assert policy_from_config(policy.to_config()) == policy and policy != Native(192)
+    for bad, match in [("192:96", "native range 192:96 is empty"), ("96", "--native-range must be LOW:HIGH"),
+                       ("4:96", "lower size must be an integer >= 8")]:
+        with pytest.raises(ValueError, match=match):
+            parse_policy(native_range=bad)
+
+
 def test_shrink_each_resizes_each_valid_region_alone():
     # Two images of different sizes in one padded batch: each shrunk copy equals the image shrunk on
     # its own, so the zero padding of the smaller one never bleeds into it.
@@ -138,7 +174,8 @@ def test_progressive_options_and_config():
         Progressive(64, 96, epochs=0)
 
 
-@pytest.mark.parametrize("policy", [Fixed(16), Multi((16, 24)), Range(16, 24), Native(16), Progressive(16, 24, 3)])
+@pytest.mark.parametrize("policy", [Fixed(16), Multi((16, 24)), Range(16, 24), Native(16), Progressive(16, 24, 3),
+                                    NativeRange(16, 24)])
 def test_an_empty_store_makes_no_batches(policy):
     empty = ImageStore([], [])
     for shuffle in (True, False):
@@ -161,7 +198,8 @@ def test_parse_policy_and_config_round_trip():
         (dict(sizes="180,x"), "--sizes must be comma-separated integers"),
         (dict(size_range="224:180"), "size range 224:180 is empty"),
         (dict(size_range="180-224"), "--size-range must be LOW:HIGH"),
-        (dict(size=180, native=180), "give only one of --size, --sizes, --size-range, --native, --progressive"),
+        (dict(size=180, native=180), "give only one of --size, --sizes, --size-range, --native, --progressive, "
+                                     "--native-range"),
     ],
 )
 def test_bad_policy_options(kwargs, match):

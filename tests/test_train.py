@@ -46,7 +46,8 @@ def test_resume_refuses_options_and_data_it_cannot_honour(trained_run, dataset, 
     other = make_dataset(tmp_path / "other", {"amber": 3, "jade": 3, "sky": 3})
     for args, message in [
         ([str(dataset), "--lr", "0.5", "--model", "gap"], "with its own options; --lr (0.001 in the run), --model ('spp' "),
-        ([str(dataset), "--native", "40"], "--size/--sizes/--size-range/--native/--progressive (fixed 32 in the run) cannot change"),
+        ([str(dataset), "--native", "40"], "--size/--sizes/--size-range/--native/--progressive/--native-range (fixed 32 in the run) "
+                                    "cannot change"),
         ([str(dataset), "--preset", "best"], "--preset (study in the run) cannot change"),
         ([str(other)], f"was trained on {dataset}, not {other}"),
     ]:
@@ -212,12 +213,12 @@ def test_progressive_run_keeps_its_growth_when_resumed_for_longer(dataset, tmp_p
 
 @pytest.mark.parametrize(
     "extra",
-    [["--native", "32"], ["--progressive", "24:32"], ["--sizes", "24,32"], ["--size-range", "24:32"], ["--model", "gap"], ["--model", "flatten"],
+    [["--native", "32"], ["--progressive", "24:32"], ["--native-range", "24:40"], ["--sizes", "24,32"], ["--size-range", "24:32"], ["--model", "gap"], ["--model", "flatten"],
      ["--no-augment", "--dropout", "0", "--levels", "1,2", "--pool", "avg"], ["--batch-norm", "--norm-after-pool"]],
 )
 def test_other_models_and_size_policies_train(dataset, tmp_path, extra):
     args = ["train", str(dataset), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8"]
-    if not any(a in extra for a in ("--native", "--sizes", "--size-range", "--progressive")):
+    if not any(a in extra for a in ("--native", "--sizes", "--size-range", "--progressive", "--native-range")):
         args += ["--size", "32"]
     assert main(args + extra) == 0
     history = RunFolder(tmp_path / "run").read_history()
@@ -366,6 +367,7 @@ def run_cli(args, capsys):
         (["train", "{data}", "--out", "{tmp}/x", "--pool", "mean"], "mode must be one of max, avg"),
         (["train", "{data}", "--out", "{tmp}/x", "--size", "4"], "size must be an integer >= 8"),
         (["train", "{data}", "--out", "{tmp}/x", "--progressive", "64"], "--progressive must be LOW:HIGH like 96:128"),
+        (["train", "{data}", "--out", "{tmp}/x", "--native-range", "64:32"], "native range 64:32 is empty"),
         (["train", "{data}", "--out", "{tmp}/x", "--progressive", "8:32", "--widths", "8,8,8,8"],
          "progressive 8:32 over 20 epochs: images of 8 px are smaller than the network's stride of 16 px"),
         (["train", "{data}", "--out", "{tmp}/x", "--norm-after-pool"], "--norm-after-pool moves the batch norm after the "
