@@ -21,7 +21,7 @@ def test_preset_values_and_explicit_overrides():
     assert config.widths == (16, 32, 64) and config.epochs == 20  # the study's network and budget
     best = TrainConfig.from_preset("best")
     assert best.batch_norm and best.widths == tuple(PRESETS["best"]["widths"])
-    assert best.epochs == 70 and TrainConfig.from_preset("best", epochs=3).epochs == 3
+    assert best.epochs == 60 and TrainConfig.from_preset("best", epochs=3).epochs == 3
     best.validate()
     for name in ("fast", "best"):  # both calibrate on the training split and average the weights
         config = TrainConfig.from_preset(name)
@@ -84,7 +84,7 @@ def test_model_spec_and_size_policy_come_from_the_configuration():
     best = TrainConfig.from_preset("best")
     spec = best.model_spec(num_classes=5)
     assert spec.name == "spp" and spec.get("widths") == (32, 64, 128, 256) and spec.get("batch_norm") is True
-    assert spec.stride == 16 and best.size_policy().describe() == "native 128"
+    assert spec.stride == 16 and best.size_policy().describe() == "native range 96:192"
     flatten = TrainConfig(model="flatten", policy={"kind": "fixed", "size": 96}).model_spec(3)
     assert flatten.get("input_size") == 96 and flatten.get("levels") is None
 
