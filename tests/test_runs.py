@@ -50,7 +50,7 @@ def test_run_config_round_trips_and_is_written_with_its_schema(tmp_path):
     train = TrainConfig.from_preset("best", data="photos", out=str(tmp_path / "r"))
     model = build_model("spp", num_classes=3, widths=(16, 32, 64, 128), batch_norm=True)
     config = RunConfig.create(train, model.config, ["a", "b", "c"], "/data/photos")
-    assert config.stride == 16 and config.input_size == 128 and config.test_view.describe() == "native 128"
+    assert config.stride == 16 and config.input_size == 192 and config.test_view.describe() == "native 192"
     run = RunFolder(tmp_path / "r")
     run.write_run_config(config)
     stored = json.loads(run.file("config.json").read_text())
