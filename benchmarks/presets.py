@@ -74,7 +74,8 @@ TUNING = {
 TUNED_ON_SEEDS = tuple(name for name in TUNING if name.split("-")[0] == "fast")
 FINAL = ("study", "study-plus", "fast", "best")
 #: Tuning runs whose size table (on the hold-out) is printed: the candidates for best's size target.
-SIZE_TUNING = ("best-v2", "best-v3", "best", "best-progressive-112-160", "best-native-range-96-192", "best-native-range-112-176")
+SIZE_TUNING = ("best-v2", "best-v3", "best", "best-progressive-112-160", "best-native-range-96-192",
+               "best-native-range-112-176")
 SEEDS = (123, 1, 2)
 SIZE_VIEWS = (("whole, shorter side 128", dict(native=128)), ("whole, 180", dict(native=180)),
               ("whole, 256", dict(native=256)), ("whole, 320", dict(native=320)),

@@ -53,8 +53,8 @@ SECTIONS = ("model", "sizes", "augmentation", "optimisation", "data", "run")
 #: study's accuracy and more in a third of its time (small whole images, the batch norm after the
 #: pooling, a high learning rate, 16 epochs); ``best`` at the highest accuracy in 30 minutes on
 #: two CPU cores (a wider network; whole images at a shorter side drawn per batch from 96 to 192
-#: px, so that it holds its accuracy across sizes; 60 epochs). Both keep a moving average of the weights, use
-#: bf16 where the hardware has it and fit a temperature on a tenth of the training split. How
+#: px, so that it holds its accuracy across sizes; 60 epochs). Both keep a moving average of the
+#: weights, use bf16 where the hardware has it and fit a temperature on a tenth of the training split. How
 #: they were chosen (on a part of the training split only) and what each ingredient brings:
 #: docs/accuracy.md.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -145,7 +145,8 @@ class TrainConfig:
     norm_after_pool: bool = _field(False, "model", "with --batch-norm: the norm after each block's pooling, on a map "
                                    "4x smaller (about 1.3x faster steps on a CPU)")
     dropout: float = _field(0.2, "model", "dropout rate before the dense layers")
-    # sizes (the policy: --size, --sizes, --size-range, --native, --progressive or --native-range; see sizing.parse_policy)
+    # sizes (the policy: --size, --sizes, --size-range, --native, --progressive or --native-range;
+    # see sizing.parse_policy)
     policy: dict = _field(lambda: Fixed(180).to_config(), "sizes", "the size policy", cli=False)
     flip_test: bool = _field(False, "sizes", "validate on each image and its mirror image")
     # augmentation

@@ -34,8 +34,9 @@ from .native import MAX_ASPECT, Native, NativeRange, Progressive, padding_overhe
 from .policy import MAX_SIZE, Batch, Fixed, Multi, Range, SizePolicy, epoch_generator, resize_batch
 
 __all__ = [
-    "Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "Progressive", "NativeRange", "parse_policy", "policy_from_config",
-    "padding_overhead", "shrink_each", "resize_batch", "epoch_generator", "MAX_ASPECT", "MAX_SIZE",
+    "Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "Progressive", "NativeRange", "parse_policy",
+    "policy_from_config", "padding_overhead", "shrink_each", "resize_batch", "epoch_generator", "MAX_ASPECT",
+    "MAX_SIZE",
 ]
 
 
