@@ -78,7 +78,37 @@ class Native(SizePolicy):
         return [groups[i] for i in shuffled]
 
 
-class Progressive(Native):
+class _ShrunkNative(Native):
+    """``native`` stored at ``high`` (``size``), each batch shrunk to the side :meth:`batch_side`
+    gives, image by image (each valid region resized on its own, so padding never bleeds in);
+    validated and tested at ``native high``. Subclasses set ``low`` and ``batch_side``."""
+
+    low: int
+
+    @property
+    def high(self) -> int:
+        """The largest side: the stored, validated and tested one (``size``)."""
+        return self.size
+
+    def batch_side(self, indices: torch.Tensor, epoch: int, seed: int) -> int:
+        raise NotImplementedError
+
+    @property
+    def smallest_size(self) -> int:
+        return self.low
+
+    def test_view(self) -> SizePolicy:
+        return Native(self.high, self.max_aspect)
+
+    def make_batch(self, store: ImageStore, indices: torch.Tensor, epoch: int = 0, seed: int = 0) -> Batch:
+        images, sizes = store.gather(indices)
+        side = self.batch_side(indices, epoch, seed)
+        if side != self.high:
+            images, sizes = shrink_each(images, sizes, side / self.high)
+        return Batch(images, sizes, store.labels[indices], indices)
+
+
+class Progressive(_ShrunkNative):
     """``native``, its shorter side growing linearly from ``low`` (first epoch) to ``high`` (epoch
     ``epochs`` and after). Images are stored at ``high`` and each batch is shrunk to the epoch's
     side, image by image (each valid region resized on its own, so padding never bleeds in)."""
@@ -94,23 +124,14 @@ class Progressive(Native):
             raise ConfigError(f"the progressive policy's epochs must be an integer >= 1, got {epochs!r}")
         self.epochs = epochs
 
-    @property
-    def high(self) -> int:
-        """The last epoch's shorter side: the stored, validated and tested one (``size``)."""
-        return self.size
-
     def side(self, epoch: int) -> int:
         """The shorter side of epoch ``epoch``'s images (0-based)."""
         if self.epochs == 1 or epoch >= self.epochs - 1:
             return self.high
         return round(self.low + (self.high - self.low) * epoch / (self.epochs - 1))
 
-    @property
-    def smallest_size(self) -> int:
-        return self.low
-
-    def test_view(self) -> SizePolicy:
-        return Native(self.high, self.max_aspect)
+    def batch_side(self, indices: torch.Tensor, epoch: int, seed: int) -> int:
+        return self.side(epoch)
 
     def describe(self) -> str:
         return f"progressive {self.low}:{self.high} over {self.epochs} epochs"
@@ -119,15 +140,8 @@ class Progressive(Native):
         return {"kind": self.kind, "low": self.low, "high": self.high, "epochs": self.epochs,
                 "max_aspect": self.max_aspect}
 
-    def make_batch(self, store: ImageStore, indices: torch.Tensor, epoch: int = 0, seed: int = 0) -> Batch:
-        images, sizes = store.gather(indices)
-        side = self.side(epoch)
-        if side != self.high:
-            images, sizes = shrink_each(images, sizes, side / self.high)
-        return Batch(images, sizes, store.labels[indices], indices)
 
-
-class NativeRange(Native):
+class NativeRange(_ShrunkNative):
     """``native``, each batch at a shorter side drawn uniformly from [``low``, ``high``]: scale
     augmentation on whole images, so that one set of weights sees the objects at many sizes (the
     whole-image form of SPP-net's multi-size training). Images are stored at ``high`` and each
@@ -143,11 +157,6 @@ class NativeRange(Native):
         if self.high < self.low:
             raise ConfigError(f"native range {low}:{high} is empty; write it as LOW:HIGH, e.g. 96:192")
 
-    @property
-    def high(self) -> int:
-        """The largest side: the stored, validated and tested one (``size``)."""
-        return self.size
-
     def side(self, indices: torch.Tensor, epoch: int, seed: int) -> int:
         """The shorter side of the batch of store images ``indices`` in epoch ``epoch``."""
         if len(indices) == 0 or self.low == self.high:
@@ -157,25 +166,13 @@ class NativeRange(Native):
         generator = epoch_generator(seed + 7919 + 104729 * int(indices.min()), epoch)
         return int(torch.randint(self.low, self.high + 1, (1,), generator=generator))
 
-    @property
-    def smallest_size(self) -> int:
-        return self.low
-
-    def test_view(self) -> SizePolicy:
-        return Native(self.high, self.max_aspect)
+    batch_side = side
 
     def describe(self) -> str:
         return f"native range {self.low}:{self.high}"
 
     def to_config(self) -> dict:
         return {"kind": self.kind, "low": self.low, "high": self.high, "max_aspect": self.max_aspect}
-
-    def make_batch(self, store: ImageStore, indices: torch.Tensor, epoch: int = 0, seed: int = 0) -> Batch:
-        images, sizes = store.gather(indices)
-        side = self.side(indices, epoch, seed)
-        if side != self.high:
-            images, sizes = shrink_each(images, sizes, side / self.high)
-        return Batch(images, sizes, store.labels[indices], indices)
 
 
 def shrink_each(images: torch.Tensor, sizes: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
