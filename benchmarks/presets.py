@@ -4,8 +4,9 @@ Stages, each a set of ordinary run folders under ``--out`` (finished runs are re
 ones resumed, so the script can be stopped and started again):
 
   1. ``tune/NAME``: each candidate recipe trained with ``--holdout 0.2``: validated on a fifth of
-     the 2,936 training files; the validation split is never read. The ``best-no-*`` and
-     ``fast-no-*`` runs remove one ingredient of the preset at a time, at the preset's full length.
+     the 2,936 training files; the validation split is never read. The runs in ``REMOVALS``
+     (``best-no-ema``, ``best-fp32``, ...) remove one ingredient of a preset at a time, at the
+     preset's full length, and get a table of their own: each one's change from the preset.
      The ``fast`` recipes, whose differences are of the size of their seed spread, are trained
      with seeds 123, 1 and 2 (``tune/NAME-seed1``, ``-seed2``), the others with seed 123.
   2. ``PRESET/seedN``: each preset trained on the whole training split (less its calibration
@@ -44,8 +45,12 @@ TUNING = {
     "best-v2-narrow": dict(preset="best", norm_after_pool=False, widths=(16, 32, 64, 128)),
     "best-v3": dict(preset="best", policy={"kind": "native", "size": 128}, epochs=70),  # the third round's best
     "best": dict(preset="best"),
+    # best's ingredients removed one at a time, at its full length (60 epochs)
     "best-no-ema": dict(preset="best", ema=0.0),
     "best-no-label-smoothing": dict(preset="best", label_smoothing=0.0),
+    "best-fp32": dict(preset="best", precision="fp32"),
+    "best-norm-before-pool": dict(preset="best", norm_after_pool=False),
+    "best-native-128": dict(preset="best", policy={"kind": "native", "size": 128}),
     # for the size target: whole images growing from 112 to 160 px (tested at 160)
     "best-progressive-112-160": dict(preset="best", policy={"kind": "progressive", "low": 112, "high": 160}),
     # fourth round, for the size target: each batch at a shorter side drawn from LOW:HIGH (tested at HIGH)
@@ -73,6 +78,14 @@ TUNING = {
 #: for the others); the rest with seed 123 alone.
 TUNED_ON_SEEDS = tuple(name for name in TUNING if name.split("-")[0] == "fast")
 FINAL = ("study", "study-plus", "fast", "best")
+#: Each preset's one-at-a-time removals (tuning recipes at the preset's full length) and what each takes away.
+REMOVALS = {
+    "best": {"best-no-ema": "moving average of the weights", "best-no-label-smoothing": "label smoothing",
+             "best-fp32": "bf16 (trained in fp32)", "best-norm-before-pool": "batch norm after the pooling",
+             "best-native-128": "sizes drawn per batch (whole images at 128)"},
+    "fast": {"fast-no-ema": "moving average of the weights", "fast-no-label-smoothing": "label smoothing",
+             "fast-fp32": "bf16 (trained in fp32)", "fast-norm-before-pool": "batch norm after the pooling"},
+}
 #: Tuning runs whose size table (on the hold-out) is printed: the candidates for best's size target.
 SIZE_TUNING = ("best-v2", "best-v3", "best", "best-progressive-112-160", "best-native-range-96-192",
                "best-native-range-112-176")
@@ -148,6 +161,10 @@ def report(out: Path, device: str) -> None:
                   f"({mean_or_dash([s['ece_calibrated'] for s in done])}) | {done[0]['epochs']} "
                   f"| {statistics.mean(s['minutes'] for s in done):.1f} |")
 
+    print("\n## Removals: each ingredient of a preset taken out on its own, at the preset's full length "
+          "(hold-out)\n")
+    removal_table(out)
+
     print("\n## Validation split (734 files, seed 123), 3 training seeds, final epoch\n")
     print("ECE during training (bf16 where the run used it, before calibration), then as `sppnet evaluate` "
           "gives it (float32, with the run's temperature), beside the ECE a perfectly calibrated model would "
@@ -175,6 +192,30 @@ def report(out: Path, device: str) -> None:
     size_table({name: path for name in SIZE_TUNING for path in tuning_paths(out, name).values()}, device)
     print("\n## Size robustness: the seed-123 run of each preset, last weights, tested on other views\n")
     size_table({preset: out / preset / "seed123" for preset in FINAL}, device)
+
+
+def removal_table(out: Path) -> None:
+    """One row per finished removal: its hold-out accuracy (mean over the seeds its preset's tuning
+    run has) and the change from the preset's own tuning run, in points."""
+    print("| preset | ingredient removed | hold-out acc (final epoch) | change (points) | ECE (calibrated) "
+          "| minutes |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for preset, removals in REMOVALS.items():
+        done = [summary(path) for path in tuning_paths(out, preset).values() if finished(path)]
+        if not done:
+            continue
+        base = [s["accuracy"] for s in done]
+        print(f"| {preset} | (none) | {spread(base)} | | {mean_or_dash([s['ece_calibrated'] for s in done])} | "
+              f"{statistics.mean(s['minutes'] for s in done):.1f} |")
+        for name, ingredient in removals.items():
+            done = [summary(path) for path in tuning_paths(out, name).values() if finished(path)]
+            if not done:
+                continue
+            accuracy = statistics.mean(s["accuracy"] for s in done)
+            change = 100 * (accuracy - statistics.mean(base))
+            print(f"| {preset} | {ingredient} | {spread([s['accuracy'] for s in done])} | {change:+.1f} | "
+                  f"{mean_or_dash([s['ece_calibrated'] for s in done])} | "
+                  f"{statistics.mean(s['minutes'] for s in done):.1f} |")
 
 
 def size_table(runs: dict[str, Path], device: str) -> None:
