@@ -5,7 +5,9 @@ computes the logits of its last weights on that calibration hold-out and on the 
 split, in the view it validates with, fits each calibrator on the hold-out and prints its ECE
 (15 bins) and cross-entropy on the validation split, beside the ECE a perfectly calibrated model
 would show there (the noise floor) and what the temperature fitted on the validation split
-itself would give (an oracle, not a calibrator: it reads the answers it is judged on).
+itself would give (an oracle, not a calibrator: it reads the answers it is judged on), and the
+least validation ECE any temperature reaches (another oracle: the lowest ECE temperature
+scaling could show on this split, however it were fitted).
 
 - ``temperature``: one T dividing the logits, fitted by cross-entropy (what sppnet does).
 - ``ensemble``: ensemble temperature scaling (Zhang et al. 2020): w1 softmax(z / T) +
@@ -90,11 +92,13 @@ def main() -> None:
         mean_cal, mean_val = cal.mean(0, keepdim=True), val.mean(0, keepdim=True)
         t_mean = fit_temperature(mean_cal, cal_labels)
         oracle = fit_temperature(val, val_labels)
+        least = min(np.arange(0.5, 1.0, 0.005), key=lambda t: ece(tempered_probabilities(val, t), val_labels))
         rows = [("none", "", tempered_probabilities(val, 1.0)),
                 ("temperature", f"T = {t:.3f}", tempered_probabilities(val, t)),
                 ("ensemble", "w = " + ", ".join(f"{w:.2f}" for w in weights), ensemble(val, weights, t)),
                 ("logit mean", f"T = {t_mean:.3f}", tempered_probabilities(mean_val, t_mean)),
-                ("(oracle temperature)", f"T = {oracle:.3f}", tempered_probabilities(val, oracle))]
+                ("(oracle temperature)", f"T = {oracle:.3f}", tempered_probabilities(val, oracle)),
+                ("(temperature of least ECE)", f"T = {least:.3f}", tempered_probabilities(val, least))]
         for name, fitted, probs in rows:
             print(f"| {path} | {name} | {fitted} | {ece(probs, val_labels):.4f} | "
                   f"{cross_entropy(probs, val_labels):.4f} |")
