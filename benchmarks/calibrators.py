@@ -92,7 +92,7 @@ def main() -> None:
         mean_cal, mean_val = cal.mean(0, keepdim=True), val.mean(0, keepdim=True)
         t_mean = fit_temperature(mean_cal, cal_labels)
         oracle = fit_temperature(val, val_labels)
-        least = min(np.arange(0.5, 1.0, 0.005), key=lambda t: ece(tempered_probabilities(val, t), val_labels))
+        least = min(np.geomspace(0.25, 4.0, 561), key=lambda t: ece(tempered_probabilities(val, t), val_labels))
         rows = [("none", "", tempered_probabilities(val, 1.0)),
                 ("temperature", f"T = {t:.3f}", tempered_probabilities(val, t)),
                 ("ensemble", "w = " + ", ".join(f"{w:.2f}" for w in weights), ensemble(val, weights, t)),
