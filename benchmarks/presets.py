@@ -87,8 +87,8 @@ REMOVALS = {
              "fast-fp32": "bf16 (trained in fp32)", "fast-norm-before-pool": "batch norm after the pooling"},
 }
 #: Tuning runs whose size table (on the hold-out) is printed: the candidates for best's size target.
-SIZE_TUNING = ("best-v2", "best-v3", "best", "best-progressive-112-160", "best-native-range-96-192",
-               "best-native-range-112-176")
+SIZE_TUNING = ("best-v2", "best-v3", "best", "best-native-128", "best-progressive-112-160",
+               "best-native-range-96-192", "best-native-range-112-176")
 SEEDS = (123, 1, 2)
 SIZE_VIEWS = (("whole, shorter side 128", dict(native=128)), ("whole, 180", dict(native=180)),
               ("whole, 256", dict(native=256)), ("whole, 320", dict(native=320)),
