@@ -62,17 +62,17 @@ def cross_entropy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
 
 
-def ensemble(logits: torch.Tensor, weights: tuple[float, float, float], temperature: float) -> torch.Tensor:
+def mix(weights: tuple[float, float, float], tempered: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """Ensemble temperature scaling's probabilities: w1 tempered + w2 raw + w3 uniform."""
     w1, w2, w3 = weights
-    return (w1 * tempered_probabilities(logits, temperature) + w2 * tempered_probabilities(logits, 1.0)
-            + w3 / logits.shape[-1])
+    return w1 * tempered + w2 * raw + w3 / tempered.shape[-1]
 
 
-def fit_ensemble(logits: torch.Tensor, labels: torch.Tensor, temperature: float, steps: int = 50) -> tuple:
+def fit_ensemble(tempered: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor, steps: int = 50) -> tuple:
     """The mixture weights (w1, w2, w3), summing to 1, of least cross-entropy, on a grid."""
     candidates = [(w1, w2, 1 - w1 - w2) for w1 in np.linspace(0, 1, steps + 1)
                   for w2 in np.linspace(0, 1 - w1, max(2, round((1 - w1) * steps) + 1))]
-    return min(candidates, key=lambda w: cross_entropy(ensemble(logits, w, temperature), labels))
+    return min(candidates, key=lambda w: cross_entropy(mix(w, tempered, raw), labels))
 
 
 def main() -> None:
@@ -88,14 +88,15 @@ def main() -> None:
         logits = run_logits(path)
         (cal, cal_labels), (val, val_labels) = logits["calibration"], logits["validation"]
         t = fit_temperature(cal, cal_labels)
-        weights = fit_ensemble(cal, cal_labels, t)
+        weights = fit_ensemble(tempered_probabilities(cal, t), tempered_probabilities(cal, 1.0), cal_labels)
         mean_cal, mean_val = cal.mean(0, keepdim=True), val.mean(0, keepdim=True)
         t_mean = fit_temperature(mean_cal, cal_labels)
         oracle = fit_temperature(val, val_labels)
         least = min(np.geomspace(0.25, 4.0, 561), key=lambda t: ece(tempered_probabilities(val, t), val_labels))
         rows = [("none", "", tempered_probabilities(val, 1.0)),
                 ("temperature", f"T = {t:.3f}", tempered_probabilities(val, t)),
-                ("ensemble", "w = " + ", ".join(f"{w:.2f}" for w in weights), ensemble(val, weights, t)),
+                ("ensemble", "w = " + ", ".join(f"{w:.2f}" for w in weights),
+                 mix(weights, tempered_probabilities(val, t), tempered_probabilities(val, 1.0))),
                 ("logit mean", f"T = {t_mean:.3f}", tempered_probabilities(mean_val, t_mean)),
                 ("(oracle temperature)", f"T = {oracle:.3f}", tempered_probabilities(val, oracle)),
                 ("(temperature of least ECE)", f"T = {least:.3f}", tempered_probabilities(val, least))]
