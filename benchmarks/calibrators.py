@@ -4,7 +4,9 @@ For each run (one that held out a share of its training split with ``--calibrate
 computes the logits of its last weights on that calibration hold-out and on the validation
 split, in the view it validates with, fits each calibrator on the hold-out and prints its ECE
 (15 bins) and cross-entropy on the validation split, beside the ECE a perfectly calibrated model
-would show there (the noise floor) and what the temperature fitted on the validation split
+would show there (the noise floor; with its 95th percentile and how often it meets ``--target``),
+each ECE's p (the share of perfectly calibrated samples with those confidences that show as
+much or more), and what the temperature fitted on the validation split
 itself would give (an oracle, not a calibrator: it reads the answers it is judged on), and the
 least validation ECE any temperature reaches (another oracle: the lowest ECE temperature
 scaling could show on this split, however it were fitted).
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from sppnet import data as data_mod
-from sppnet.calibration import ece_noise_floor, expected_calibration_error, fit_temperature, tempered_probabilities
+from sppnet.calibration import ece_noise, expected_calibration_error, fit_temperature, simulated_eces, tempered_probabilities
 from sppnet.evaluate import predict_logits
 from sppnet.runs import RunFolder
 
@@ -79,11 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders trained with --calibrate")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--target", type=float, default=0.02, help="an ECE target: how often a calibrated model meets it")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print("| run | calibrator | fitted | val ECE | val cross-entropy |")
-    print("| --- | --- | --- | ---: | ---: |")
+    print("| run | calibrator | fitted | val ECE | p | val cross-entropy |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
     for path in args.runs:
         logits = run_logits(path)
         (cal, cal_labels), (val, val_labels) = logits["calibration"], logits["validation"]
@@ -101,10 +104,12 @@ def main() -> None:
                 ("(oracle temperature)", f"T = {oracle:.3f}", tempered_probabilities(val, oracle)),
                 ("(temperature of least ECE)", f"T = {least:.3f}", tempered_probabilities(val, least))]
         for name, fitted, probs in rows:
-            print(f"| {path} | {name} | {fitted} | {ece(probs, val_labels):.4f} | "
-                  f"{cross_entropy(probs, val_labels):.4f} |")
-        floor = ece_noise_floor(tempered_probabilities(val, t).numpy().max(1))
-        print(f"| {path} | (noise floor at T) | | {floor:.4f} | |")
+            shown = ece(probs, val_labels)
+            p = ece_noise(probs.numpy().max(1), shown).p_value
+            print(f"| {path} | {name} | {fitted} | {shown:.4f} | {p:.2f} | {cross_entropy(probs, val_labels):.4f} |")
+        calibrated = simulated_eces(tempered_probabilities(val, t).numpy().max(1))
+        print(f"| {path} | (noise floor at T: mean; 95th percentile; share at or below {args.target}) | | "
+              f"{calibrated.mean():.4f}; {np.quantile(calibrated, 0.95):.4f}; {np.mean(calibrated <= args.target):.2f} | | |")
 
 
 if __name__ == "__main__":

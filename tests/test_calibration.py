@@ -189,6 +189,44 @@ def test_the_ece_noise_floor_is_what_a_calibrated_sample_shows_and_shrinks_with_
     assert ece_noise_floor(small) == ece_noise_floor(small)  # seeded: the same every time
 
 
+def test_ece_noise_tells_a_calibrated_sample_from_a_miscalibrated_one():
+    from sppnet.calibration import ece_noise
+
+    rng = np.random.default_rng(2)
+    # Calibrated samples: one in 20 falls above `high`, and the p-values spread evenly over [0, 1].
+    p_values, above = [], []
+    for _ in range(200):
+        confidence = rng.uniform(0.3, 1.0, 300)
+        observed = expected_calibration_error(confidence, (rng.random(300) < confidence).astype(float))
+        noise = ece_noise(confidence, observed, draws=400)
+        assert noise.high > noise.floor > 0
+        p_values.append(noise.p_value)
+        above.append(observed > noise.high)
+    assert 0.01 < np.mean(above) < 0.11
+    assert 0.01 < np.mean(np.array(p_values) < 0.05) < 0.11
+    assert 0.4 < np.median(p_values) < 0.6
+    # An over-confident model (says 0.95, right 70 % of the time) is told apart on 300 answers.
+    confidence = np.full(300, 0.95)
+    observed = expected_calibration_error(confidence, (rng.random(300) < 0.7).astype(float))
+    noise = ece_noise(confidence, observed)
+    assert observed > noise.high and noise.p_value == 0.0
+    # No answers: nothing to say, and no error.
+    assert np.isnan(ece_noise(np.empty(0), float("nan")).p_value)
+
+
+def test_evaluate_says_whether_the_ece_is_more_than_the_sample_explains(calibrated_run, capsys):
+    data, out = calibrated_run
+    assert main(["evaluate", str(out)]) == 0
+    evaluation = evaluate_run(out)
+    assert evaluation.ece_floor <= evaluation.ece_high and 0 <= evaluation.ece_p <= 1
+    assert f"over {evaluation.ece_high:.4f} one time in 20; p = {evaluation.ece_p:.2f}" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["ece_high"] == pytest.approx(evaluation.ece_high) and shown["ece_p"] == pytest.approx(evaluation.ece_p)
+    calibrated = RunFolder(out).read_json("metrics.json")["calibrated"]["last"]
+    assert calibrated["val_ece_floor"] <= calibrated["val_ece_high"] and 0 <= calibrated["val_ece_p"] <= 1
+
+
 def test_calibration_fits_weights_shared_by_best_and_last_once(calibrated_run, tmp_path, monkeypatch):
     from sppnet.data import ImageStore
     from sppnet.evaluate import calibrate_run

@@ -2,8 +2,9 @@
 
 :func:`reliability_bins` and :func:`expected_calibration_error` (ECE, 15 equal-width bins);
 :func:`ece_noise_floor`, the ECE a perfectly calibrated model would still show on a sample of
-that size; :func:`fit_temperature`, the one number that divides the logits to minimise the
-cross-entropy (Guo et al. 2017), and :func:`tempered_probabilities`. Arrays and tensors only: the
+that size, and :func:`ece_noise`, whether an observed ECE is more than such a sample explains;
+:func:`fit_temperature`, the one number that divides the logits to minimise the cross-entropy
+(Guo et al. 2017), and :func:`tempered_probabilities`. Arrays and tensors only: the
 run-level fitting (:func:`sppnet.evaluate.calibrate_run`) and its use
 (:meth:`sppnet.runs.RunFolder.load_model`) live with the run.
 """
@@ -11,13 +12,14 @@ run-level fitting (:func:`sppnet.evaluate.calibrate_run`) and its use
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["reliability_bins", "ece_of_bins", "expected_calibration_error", "ece_noise_floor", "tempered_probabilities",
-           "fit_temperature"]
+__all__ = ["reliability_bins", "ece_of_bins", "expected_calibration_error", "simulated_eces", "ece_noise_floor",
+           "EceNoise", "ece_noise", "tempered_probabilities", "fit_temperature"]
 
 
 def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
@@ -53,24 +55,56 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return ece_of_bins(reliability_bins(confidence, correct, bins))
 
 
-def ece_noise_floor(confidence: np.ndarray, bins: int = 15, draws: int = 200, seed: int = 0) -> float:
-    """The ECE a perfectly calibrated model would still show on this many answers: the mean ECE
-    of ``draws`` simulated outcomes, each answer right with probability equal to its confidence.
-
-    ECE is a biased estimate (each bin's |accuracy - confidence| is positive even when the
-    expectation is 0); on the 734 flower validation photos this floor is about 0.03, so an ECE
-    near it is as calibrated as a sample that size can show.
-    """
+def simulated_eces(confidence: np.ndarray, bins: int = 15, draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """The ECEs ``draws`` perfectly calibrated samples with these confidences show: in each draw,
+    every answer is right with probability equal to its confidence. Seeded: the same every call."""
     n = len(confidence)
     if n == 0:
-        return float("nan")
+        return np.full(draws, np.nan)
     which = _bin_index(confidence, bins)
     outcomes = np.random.default_rng(seed).random((draws, n)) < confidence  # (draws, n)
     total = np.zeros(draws)
     for b in np.unique(which):
         mask = which == b
         total += np.abs(outcomes[:, mask].mean(1) - confidence[mask].mean()) * mask.sum()
-    return float(total.mean() / n)
+    return total / n
+
+
+def ece_noise_floor(confidence: np.ndarray, bins: int = 15, draws: int = 1000, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model would still show on this many answers: the mean of
+    :func:`simulated_eces`.
+
+    ECE is a biased estimate (each bin's |accuracy - confidence| is positive even when the
+    expectation is 0); on the 734 flower validation photos this floor is about 0.03, so an ECE
+    near it is as calibrated as a sample that size can show.
+    """
+    return float(np.mean(simulated_eces(confidence, bins, draws, seed)))
+
+
+@dataclass(frozen=True)
+class EceNoise:
+    """An observed ECE against the ECEs perfectly calibrated samples of the same confidences show.
+
+    Attributes:
+        floor: their mean (:func:`ece_noise_floor`).
+        high: their 95th percentile: a calibrated model shows more one time in 20.
+        p_value: the share of them at or above the observed ECE. Small (below 0.05): the model
+            is miscalibrated by more than the sample explains; large: the sample cannot tell it
+            from a calibrated one.
+    """
+
+    floor: float
+    high: float
+    p_value: float
+
+
+def ece_noise(confidence: np.ndarray, observed: float, bins: int = 15, draws: int = 1000, seed: int = 0) -> EceNoise:
+    """How an observed ECE compares with what perfectly calibrated samples show (:class:`EceNoise`)."""
+    eces = simulated_eces(confidence, bins, draws, seed)
+    if len(confidence) == 0 or math.isnan(observed):
+        nan = float("nan")
+        return EceNoise(nan, nan, nan)
+    return EceNoise(float(eces.mean()), float(np.quantile(eces, 0.95)), float(np.mean(eces >= observed - 1e-12)))
 
 
 def tempered_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:

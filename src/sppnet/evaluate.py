@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from . import runtime
-from .calibration import (ece_noise_floor, ece_of_bins, expected_calibration_error, fit_temperature,
+from .calibration import (ece_noise, ece_noise_floor, ece_of_bins, expected_calibration_error, fit_temperature,
                           reliability_bins, tempered_probabilities)
 from .errors import ConfigError, DataError
 from .report import plot_confusion, plot_reliability
@@ -34,7 +34,8 @@ from .sizing import Batch, Fixed, Native, SizePolicy
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "class_probabilities", "predict_batches", "predict_logits", "tempered_probabilities", "fit_temperature", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "reliability_bins", "ece_noise_floor", "to_device_batch",
+    "class_probabilities", "predict_batches", "predict_logits", "tempered_probabilities", "fit_temperature", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "reliability_bins", "ece_noise_floor",
+    "ece_noise", "to_device_batch",
     "evaluate_run", "calibrate_run",
 ]
 
@@ -125,7 +126,9 @@ class Evaluation:
         confidence_right, confidence_wrong: mean top probability on right and wrong answers.
         reliability: the 15 confidence bins of the ECE (:func:`reliability_bins`).
         ece_floor: the ECE a perfectly calibrated model with these confidences would show on this
-            many images (:func:`ece_noise_floor`).
+            many images (:func:`ece_noise_floor`); ece_high: the ECE such a model exceeds one time
+            in 20; ece_p: the share of such models that show this ECE or more (below 0.05: more
+            miscalibrated than the sample explains) (:func:`ece_noise`).
     """
 
     class_names: list[str]
@@ -143,6 +146,13 @@ class Evaluation:
     extra: dict = field(default_factory=dict)
     reliability: list[dict] = field(default_factory=list)
     ece_floor: float = float("nan")
+    ece_high: float = float("nan")
+    ece_p: float = float("nan")
+
+    def ece_text(self) -> str:
+        """The ECE beside what a perfectly calibrated model would show on as many images."""
+        return (f"ECE: {self.ece:.4f} (a calibrated model would show {self.ece_floor:.4f} on {self.count} images, "
+                f"over {self.ece_high:.4f} one time in 20; p = {self.ece_p:.2f})")
 
     def to_dict(self) -> dict:
         return {
@@ -151,6 +161,8 @@ class Evaluation:
             "accuracy": self.accuracy,
             "ece": self.ece,
             "ece_floor": self.ece_floor,
+            "ece_high": self.ece_high,
+            "ece_p": self.ece_p,
             "confidence_right": self.confidence_right,
             "confidence_wrong": self.confidence_wrong,
             "per_class": {
@@ -167,7 +179,7 @@ class Evaluation:
         width = max(12, *(len(n) for n in self.class_names))
         lines = [
             f"{self.count} images - loss: {self.loss:.4f} - accuracy: {self.accuracy:.4f} - "
-            f"ECE: {self.ece:.4f} (a calibrated model would show {self.ece_floor:.4f} on {self.count} images) - "
+            f"{self.ece_text()} - "
             f"mean confidence right: {self.confidence_right:.4f}, wrong: {self.confidence_wrong:.4f}",
             "",
             f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
@@ -205,6 +217,8 @@ def summarize_predictions(probs: torch.Tensor, labels: torch.Tensor, class_names
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     conf = confidence.numpy()
     bins = reliability_bins(conf, correct.astype(np.float64))
+    ece = ece_of_bins(bins)
+    noise = ece_noise(conf, ece)
     return Evaluation(
         class_names=list(class_names),
         loss=loss,
@@ -214,12 +228,14 @@ def summarize_predictions(probs: torch.Tensor, labels: torch.Tensor, class_names
         f1=f1.tolist(),
         support=support.tolist(),
         confusion=confusion.tolist(),
-        ece=ece_of_bins(bins),
+        ece=ece,
         confidence_right=float(conf[correct].mean()) if correct.any() else float("nan"),
         confidence_wrong=float(conf[~correct].mean()) if (~correct).any() else float("nan"),
         count=n,
         reliability=bins,
-        ece_floor=ece_noise_floor(conf),
+        ece_floor=noise.floor,
+        ece_high=noise.high,
+        ece_p=noise.p_value,
     )
 
 
@@ -260,7 +276,8 @@ def calibrate_run(run: RunFolder, calibration_store: data_mod.ImageStore, val_st
         evaluation = summarize_predictions(tempered_probabilities(val_logits, temperature).float(), val_labels, class_names)
         calibrated[weights] = {"temperature": temperature, "val_loss": evaluation.loss,
                                "val_accuracy": evaluation.accuracy, "val_ece": evaluation.ece,
-                               "val_ece_floor": evaluation.ece_floor}
+                               "val_ece_floor": evaluation.ece_floor, "val_ece_high": evaluation.ece_high,
+                               "val_ece_p": evaluation.ece_p}
     run.write_calibration(entry)
     metrics["calibrated"] = calibrated
     run.write_json("metrics.json", metrics)
@@ -371,6 +388,6 @@ def evaluate_run(
     if reliability_png is not None:
         calibration = "uncalibrated" if temperature is None else f"temperature {temperature:.3f}"
         plot_reliability(evaluation.reliability, Path(reliability_png),
-                         f"{run_path}: {evaluation.extra['view']}, {calibration}\nECE {evaluation.ece:.4f} "
-                         f"(a calibrated model would show {evaluation.ece_floor:.4f} on {evaluation.count} images)")
+                         f"{run_path}: {evaluation.extra['view']}, {calibration}\n"
+                         + evaluation.ece_text().replace(" (", "\n("))
     return evaluation

@@ -407,7 +407,8 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
         reporter.message(
             f"Calibrated on {len(data.calibration_store)} held-out training images: temperature "
             f"{last['temperature']:.3f} (last weights); validation ECE {validation['ece']:.4f} -> "
-            f"{last['val_ece']:.4f}, loss {validation['loss']:.4f} -> {last['val_loss']:.4f}")
+            f"{last['val_ece']:.4f} (a calibrated model would show {last['val_ece_floor']:.4f}; p = "
+            f"{last['val_ece_p']:.2f}), loss {validation['loss']:.4f} -> {last['val_loss']:.4f}")
     ctx.barrier()
     metrics = run.read_json("metrics.json") if ctx.is_main and run.file("metrics.json").is_file() else {}
     return metrics
