@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from sppnet import data as data_mod
-from sppnet.calibration import ece_noise, expected_calibration_error, fit_temperature, simulated_eces, tempered_probabilities
+from sppnet.calibration import (ece_noise, expected_calibration_error, fit_temperature, simulated_eces,
+                                tempered_probabilities)
 from sppnet.evaluate import predict_logits
 from sppnet.runs import RunFolder
 
@@ -81,7 +82,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders trained with --calibrate")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--target", type=float, default=0.02, help="an ECE target: how often a calibrated model meets it")
+    parser.add_argument("--target", type=float, default=0.02,
+                        help="an ECE target: how often a perfectly calibrated model meets it")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +111,8 @@ def main() -> None:
             print(f"| {path} | {name} | {fitted} | {shown:.4f} | {p:.2f} | {cross_entropy(probs, val_labels):.4f} |")
         calibrated = simulated_eces(tempered_probabilities(val, t).numpy().max(1))
         print(f"| {path} | (noise floor at T: mean; 95th percentile; share at or below {args.target}) | | "
-              f"{calibrated.mean():.4f}; {np.quantile(calibrated, 0.95):.4f}; {np.mean(calibrated <= args.target):.2f} | | |")
+              f"{calibrated.mean():.4f}; {np.quantile(calibrated, 0.95):.4f}; "
+              f"{np.mean(calibrated <= args.target):.2f} | | |")
 
 
 if __name__ == "__main__":

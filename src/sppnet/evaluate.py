@@ -34,9 +34,9 @@ from .sizing import Batch, Fixed, Native, SizePolicy
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "class_probabilities", "predict_batches", "predict_logits", "tempered_probabilities", "fit_temperature", "mirror", "summarize_predictions", "Evaluation", "expected_calibration_error", "reliability_bins", "ece_noise_floor",
-    "ece_noise", "to_device_batch",
-    "evaluate_run", "calibrate_run",
+    "class_probabilities", "predict_batches", "predict_logits", "tempered_probabilities", "fit_temperature", "mirror",
+    "summarize_predictions", "Evaluation", "expected_calibration_error", "reliability_bins", "ece_noise_floor",
+    "ece_noise", "to_device_batch", "evaluate_run", "calibrate_run",
 ]
 
 
