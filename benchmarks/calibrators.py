@@ -94,14 +94,14 @@ def main() -> None:
         (cal, cal_labels), (val, val_labels) = logits["calibration"], logits["validation"]
         t = fit_temperature(cal, cal_labels)
         weights = fit_ensemble(tempered_probabilities(cal, t), tempered_probabilities(cal, 1.0), cal_labels)
+        val_tempered, val_raw = tempered_probabilities(val, t), tempered_probabilities(val, 1.0)
         mean_cal, mean_val = cal.mean(0, keepdim=True), val.mean(0, keepdim=True)
         t_mean = fit_temperature(mean_cal, cal_labels)
         oracle = fit_temperature(val, val_labels)
         least = min(np.geomspace(0.25, 4.0, 561), key=lambda t: ece(tempered_probabilities(val, t), val_labels))
-        rows = [("none", "", tempered_probabilities(val, 1.0)),
-                ("temperature", f"T = {t:.3f}", tempered_probabilities(val, t)),
-                ("ensemble", "w = " + ", ".join(f"{w:.2f}" for w in weights),
-                 mix(weights, tempered_probabilities(val, t), tempered_probabilities(val, 1.0))),
+        rows = [("none", "", val_raw),
+                ("temperature", f"T = {t:.3f}", val_tempered),
+                ("ensemble", "w = " + ", ".join(f"{w:.2f}" for w in weights), mix(weights, val_tempered, val_raw)),
                 ("logit mean", f"T = {t_mean:.3f}", tempered_probabilities(mean_val, t_mean)),
                 ("(oracle temperature)", f"T = {oracle:.3f}", tempered_probabilities(val, oracle)),
                 ("(temperature of least ECE)", f"T = {least:.3f}", tempered_probabilities(val, least))]
@@ -109,7 +109,7 @@ def main() -> None:
             shown = ece(probs, val_labels)
             p = ece_noise(probs.numpy().max(1), shown).p_value
             print(f"| {path} | {name} | {fitted} | {shown:.4f} | {p:.2f} | {cross_entropy(probs, val_labels):.4f} |")
-        calibrated = simulated_eces(tempered_probabilities(val, t).numpy().max(1))
+        calibrated = simulated_eces(val_tempered.numpy().max(1))
         print(f"| {path} | (noise floor at T: mean; 95th percentile; share at or below {args.target}) | | "
               f"{calibrated.mean():.4f}; {np.quantile(calibrated, 0.95):.4f}; "
               f"{np.mean(calibrated <= args.target):.2f} | | |")

@@ -100,10 +100,10 @@ class EceNoise:
 
 def ece_noise(confidence: np.ndarray, observed: float, bins: int = 15, draws: int = 1000, seed: int = 0) -> EceNoise:
     """How an observed ECE compares with what perfectly calibrated samples show (:class:`EceNoise`)."""
-    eces = simulated_eces(confidence, bins, draws, seed)
-    if len(confidence) == 0 or math.isnan(observed):
+    if len(confidence) == 0:
         nan = float("nan")
         return EceNoise(nan, nan, nan)
+    eces = simulated_eces(confidence, bins, draws, seed)
     return EceNoise(float(eces.mean()), float(np.quantile(eces, 0.95)), float(np.mean(eces >= observed - 1e-12)))
 
 

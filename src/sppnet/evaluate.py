@@ -149,10 +149,11 @@ class Evaluation:
     ece_high: float = float("nan")
     ece_p: float = float("nan")
 
-    def ece_text(self) -> str:
-        """The ECE beside what a perfectly calibrated model would show on as many images."""
-        return (f"ECE: {self.ece:.4f} (a calibrated model would show {self.ece_floor:.4f} on {self.count} images, "
-                f"over {self.ece_high:.4f} one time in 20; p = {self.ece_p:.2f})")
+    def ece_text(self, sep: str = " ") -> str:
+        """The ECE beside what a perfectly calibrated model would show on as many images (``sep``
+        between the two)."""
+        return (f"ECE: {self.ece:.4f}{sep}(a calibrated model would show {self.ece_floor:.4f} on {self.count} "
+                f"images, over {self.ece_high:.4f} one time in 20; p = {self.ece_p:.2f})")
 
     def to_dict(self) -> dict:
         return {
@@ -389,5 +390,5 @@ def evaluate_run(
         calibration = "uncalibrated" if temperature is None else f"temperature {temperature:.3f}"
         plot_reliability(evaluation.reliability, Path(reliability_png),
                          f"{run_path}: {evaluation.extra['view']}, {calibration}\n"
-                         + evaluation.ece_text().replace(" (", "\n("))
+                         + evaluation.ece_text(sep="\n"))
     return evaluation
