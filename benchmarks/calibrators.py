@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from sppnet import data as data_mod
 from sppnet.calibration import (ece_noise, expected_calibration_error, fit_temperature, simulated_eces,
                                 tempered_probabilities)
-from sppnet.evaluate import predict_logits
+from sppnet.inference import predict_logits
 from sppnet.runs import RunFolder
 
 

@@ -33,7 +33,7 @@ from sppnet.runtime import keep_freed_memory
 from sppnet.augment import Augment
 from sppnet.data import ImageStore
 from sppnet.errors import ConfigError
-from sppnet.evaluate import to_device_batch
+from sppnet.inference import to_device_batch
 from sppnet.models import build_model
 from sppnet.sizing import Fixed, Native
 from sppnet.runtime import autocast_dtype, peak_rss_mb, resolve_device

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sppnet import data as data_mod
-from sppnet.evaluate import mirror, predict_batches
+from sppnet.inference import mirror, predict_batches
 from sppnet.models import build_model
 from sppnet.sizing import Native
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sppnet.cli import main
-from sppnet.explain import evidence_maps, explain_top
+from sppnet.explain import evidence_maps, explain, explain_top
 from sppnet.models import build_model
 from sppnet.predict import Predictor
 
@@ -145,9 +145,9 @@ def test_target_changes_the_map_and_nothing_leaks_into_the_model(trained):
     image = synthetic(np.random.default_rng(3), 1)[0][0]
     before = {k: v.clone() for k, v in trained.model.state_dict().items()}
     trained.model.train()
-    predicted = trained.explain(image)
+    predicted = explain(trained, image)
     other = next(c for c in trained.class_names if c != predicted.class_name)
-    targeted = trained.explain(image, target=other)
+    targeted = explain(trained, image, target=other)
     assert trained.model.training  # the mode is restored
     trained.model.eval()
     assert targeted.class_name == other and not np.allclose(targeted.heatmap, predicted.heatmap)
@@ -156,7 +156,7 @@ def test_target_changes_the_map_and_nothing_leaks_into_the_model(trained):
     assert predicted.heatmap.shape == image.shape[:2] and 0 <= predicted.heatmap.min() <= predicted.heatmap.max() <= 1
     assert all(abs(sum(map(sum, shares)) - 1) < 1e-5 for shares in predicted.pyramid.values())
     with pytest.raises(ValueError, match="--class 'purple' is not one of"):
-        trained.explain(image, target="purple")
+        explain(trained, image, target="purple")
 
 
 @pytest.mark.parametrize("name,kwargs,levels", [("gap", {}, []), ("flatten", {"input_size": 64}, []),
@@ -166,7 +166,7 @@ def test_every_head_is_explained(name, kwargs, levels):
     model = build_model(name, num_classes=2, widths=(4, 8, 8), hidden=8, **kwargs).eval()
     predictor = Predictor(model, ["a", "b"], 64)
     image = np.random.default_rng(0).integers(0, 256, (64, 64 if name == "flatten" else 97, 3), dtype=np.uint8)
-    explanation = predictor.explain(image)
+    explanation = explain(predictor, image)
     assert explanation.heatmap.shape == image.shape[:2]
     assert sorted(explanation.pyramid) == levels
 

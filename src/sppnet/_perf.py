@@ -1,11 +1,8 @@
-"""Moved to :mod:`sppnet.runtime` (``configure()``); these names work for one release."""
+"""Moved to :mod:`sppnet.runtime` (``configure()``); these names work until sppnet 0.3.0."""
 
-import importlib
-import warnings
+from . import runtime
+from ._deprecated import moved
 
 
 def __getattr__(name: str):
-    if name in ("keep_freed_memory", "bound_primitive_cache", "PRIMITIVE_CACHE_CAPACITY"):
-        warnings.warn(f"sppnet._perf.{name} moved to sppnet.runtime.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("sppnet.runtime"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return moved(__name__, name, {"sppnet.runtime": runtime})

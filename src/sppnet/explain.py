@@ -1,7 +1,7 @@
 """Where in the whole image the network looked: class evidence maps at any size.
 
     predictor = Predictor.from_run("runs/spp")
-    explanation = predictor.explain("sunflower.jpg")          # the predicted class
+    explanation = explain(predictor, "sunflower.jpg")         # the predicted class
     explanation.heatmap            # (H, W) float in [0, 1], the original photo's size
     explanation.pyramid            # {4: [[share, ...], ...], 2: ..., 1: ...}: evidence per SPP bin
 

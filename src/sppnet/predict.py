@@ -25,7 +25,7 @@ from PIL import Image
 from . import runtime
 from .data import ImageStore, decode_image, decode_many, expand_images
 from .errors import ConfigError, DataError, ExportError
-from .evaluate import class_probabilities
+from .inference import class_probabilities
 from .models import ModelSpec
 from .runs import RunFolder
 from .sizing import Native
@@ -218,18 +218,6 @@ class Predictor:
     def predict_prepared(self, x: torch.Tensor, source: str) -> Prediction:
         """Classifies one image made by :meth:`prepare` (float (1, 3, H, W)), named ``source``."""
         return self._prediction(source, self.probabilities(x)[0], x.shape[-2], x.shape[-1])
-
-    def explain(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, target: str | None = None,
-                name: str | None = None):
-        """Where in the image the model looked for the predicted class (or ``target``): an
-        :class:`sppnet.explain.Explanation` (Grad-CAM heat map and the SPP bins' shares).
-
-        A convenience for :func:`sppnet.explain.explain`, which sits above this module; it is
-        loaded on first use.
-        """
-        import importlib
-
-        return importlib.import_module("sppnet.explain").explain(self, image, target, name)
 
 
 class OnnxModel(torch.nn.Module):

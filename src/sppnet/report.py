@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
+from ._deprecated import moved
 from .files import atomic_write_bytes
 
 __all__ = ["plot_curves", "plot_confusion", "plot_comparison", "plot_explanations", "heatmap_rgba", "heatmap_png"]
@@ -116,14 +117,9 @@ def plot_comparison(histories: dict[str, Sequence[dict]], path: Path) -> None:
 
 
 def __getattr__(name: str):
-    # The comparison (it trains) moved to sppnet.compare; the old names work for one release.
-    if name in ("compare", "write_comparison", "STUDY_VARIANTS"):
-        import importlib
-        import warnings
-
-        warnings.warn(f"sppnet.report.{name} moved to sppnet.compare.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("sppnet.compare"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # The comparison (it trains, floor 9) moved to sppnet.compare and its old names here are gone:
+    # the error says where they live now.
+    return moved(__name__, name, {})
 
 
 def heatmap_rgba(heatmap, opacity: float = 0.6):
