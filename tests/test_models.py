@@ -20,8 +20,33 @@ def test_registry_lists_the_family():
 
 
 def test_unknown_model_lists_valid_names_and_suggests():
-    with pytest.raises(ValueError, match=r"unknown model 'sppp': choose one of flatten, gap, spp; did you mean 'spp'\?"):
+    with pytest.raises(ValueError, match=r"unknown model 'sppp': choose one of flatten, gap, spp, torchvision:NAME, "
+                                         r"timm:NAME \(sppnet models lists them\); did you mean 'spp'\?"):
         build_model("sppp")
+
+
+@pytest.mark.parametrize("name,suggestion", [("resnet18", "(torchvision|timm):resnet18"), ("torchvison:resnet18",
+                                                                                   "torchvision:resnet18"),
+                                             ("mobilenetv3_small_100", "timm:mobilenetv3_small_100")])
+def test_the_did_you_mean_covers_the_families(name, suggestion):
+    with pytest.raises(ValueError, match=f"did you mean '{suggestion}'"):
+        build_model(name)
+
+
+def test_a_family_without_a_network_says_what_to_write():
+    with pytest.raises(ValueError, match="names no network: e.g. torchvision:resnet18"):
+        build_model("torchvision:")
+
+
+def test_a_train_config_takes_only_what_its_model_builder_takes():
+    from sppnet import TrainConfig
+
+    spec = TrainConfig(model="gap", levels=(1, 3)).model_spec(4)
+    assert "levels" not in dict(spec.arguments) and spec.get("widths") == (16, 32, 64)
+    assert TrainConfig(model="spp", pool="avg").model_spec(4).get("pool") == "avg"
+    for bad in (dict(freeze_backbone=True), dict(backbone_lr=0.1)):
+        with pytest.raises(ValueError, match="does not apply to --model spp"):
+            TrainConfig(**bad).validate()
 
 
 def test_unknown_argument_names_the_model():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .models import ModelSpec, build_model, count_parameters
+from .models import ModelSpec, builder_parameters, count_parameters
 from .pooling import POOL_MODES
 from .runtime import DEVICES, PRECISIONS
 from .sizing import Fixed, SizePolicy, policy_from_config
@@ -136,7 +136,9 @@ class TrainConfig:
                        cli=False)
     out: str = _field("runs/spp", "run", "the run folder", cli=False)
     # model
-    model: str = _field("spp", "model", "the head: spp, flatten or gap", choices=("spp", "flatten", "gap"))
+    model: str = _field("spp", "model", "the network: spp, flatten or gap (the study's CNN with that head), or "
+                        "torchvision:NAME / timm:NAME (that network's features with an SPP head; extra "
+                        "sppnet[backbones]); sppnet models lists them")
     levels: tuple[int, ...] = _field((1, 2, 4), "model", "SPP pyramid levels (spp only)")
     pool: str = _field("max", "model", "SPP pooling: max or avg (spp only)", choices=POOL_MODES)
     widths: tuple[int, ...] = _field((16, 32, 64), "model", "conv block widths")
@@ -145,6 +147,14 @@ class TrainConfig:
     norm_after_pool: bool = _field(False, "model", "with --batch-norm: the norm after each block's pooling, on a map "
                                    "4x smaller (about 1.3x faster steps on a CPU)")
     dropout: float = _field(0.2, "model", "dropout rate before the dense layers")
+    pretrained: str | None = _field(None, "model", "start the network's features from this local weights file "
+                                    "(.safetensors, or a PyTorch state dict read without running code), or "
+                                    "'default': the torchvision/timm weights already in their local cache "
+                                    "(nothing is downloaded)")
+    freeze_backbone: bool = _field(False, "model", "keep the backbone's weights and batch-norm statistics as "
+                                   "they are; train the SPP head alone (torchvision:/timm: models)")
+    backbone_lr: float = _field(1.0, "model", "the backbone's learning rate as a share of --lr (e.g. 0.1 to "
+                                "fine-tune gently; torchvision:/timm: models)")
     # sizes (the policy: --size, --sizes, --size-range, --native, --progressive or --native-range;
     # see sizing.parse_policy)
     policy: dict = _field(lambda: Fixed(180).to_config(), "sizes", "the size policy", cli=False)
@@ -214,15 +224,21 @@ class TrainConfig:
         return policy_from_config(self.policy)
 
     def model_spec(self, num_classes: int) -> ModelSpec:
-        """What :mod:`sppnet.models` builds for this configuration and ``num_classes`` classes."""
+        """What :mod:`sppnet.models` builds for this configuration and ``num_classes`` classes: the
+        fields whose names the model's builder takes (``levels`` for ``spp``, ``widths`` for the
+        flower family, ``freeze_backbone`` for a backbone, ...)."""
+        takes = builder_parameters(self.model)
         args: dict[str, Any] = {"num_classes": num_classes}
-        if self.model == "spp":
-            args.update(levels=tuple(self.levels), pool=self.pool)
-        elif self.model == "flatten":
-            args.update(input_size=self.size_policy().input_size)
-        args.update(dropout=self.dropout, widths=tuple(self.widths), hidden=self.hidden, batch_norm=self.batch_norm)
-        if self.norm_after_pool:
-            args.update(norm_after_pool=True)
+        if "input_size" in takes:  # a fixed-size head: the size of the policy
+            args["input_size"] = self.size_policy().input_size
+        for name in ("levels", "pool", "dropout", "widths", "hidden", "batch_norm"):
+            if name in takes:
+                value = getattr(self, name)
+                args[name] = tuple(value) if isinstance(value, (list, tuple)) else value
+        # Present only where set, so that the models without them record what they always did.
+        for name in ("norm_after_pool", "freeze_backbone"):
+            if name in takes and getattr(self, name):
+                args[name] = True
         return ModelSpec(self.model, tuple(args.items()))
 
     def validate(self) -> None:
@@ -271,30 +287,41 @@ class TrainConfig:
         number("ema", 0, 1)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
-            if choices and f.name not in ("model", "pool") and getattr(self, f.name) not in choices:
+            if choices and f.name != "pool" and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         for name in ("augment", "batch_norm", "norm_after_pool", "flip_test"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        number("backbone_lr", 0, 1, high_open=False)
+        if not isinstance(self.freeze_backbone, bool):
+            raise ConfigError(f"freeze_backbone must be True or False, got {self.freeze_backbone!r}")
+        if self.pretrained is not None and (not isinstance(self.pretrained, str) or not self.pretrained):
+            raise ConfigError(f"--pretrained must name a weights file or 'default', got {self.pretrained!r}")
+        takes = builder_parameters(self.model)  # raises for an unknown --model, with the closest name
+        for name, used in (("freeze_backbone", self.freeze_backbone), ("backbone_lr", self.backbone_lr != 1.0),
+                           ("norm_after_pool", self.norm_after_pool), ("batch_norm", self.batch_norm)):
+            wanted = "freeze_backbone" if name == "backbone_lr" else name
+            if used and wanted not in takes:
+                raise ConfigError(f"{flag(name)} does not apply to --model {self.model}")
         if self.norm_after_pool and not self.batch_norm:
             raise ConfigError("--norm-after-pool moves the batch norm after the pooling; give --batch-norm too")
         policy = self.size_policy()
-        if self.model == "flatten" and not isinstance(policy, Fixed):
+        if "input_size" in takes and not isinstance(policy, Fixed):
             raise ConfigError(
-                f"--model flatten needs one fixed input size (--size), not {policy.describe()}; "
+                f"--model {self.model} needs one fixed input size (--size), not {policy.describe()}; "
                 "use --model spp or gap for other size policies"
             )
         spec = self.model_spec(num_classes=2)
-        model = build_model(spec.name, **dict(spec.arguments))  # raises for bad model arguments
+        model = spec.build()  # raises for bad model arguments
         parameters = count_parameters(model)
         if parameters > MAX_PARAMETERS:
             raise ConfigError(f"this model would have {parameters:,} parameters ({4 * parameters / 1e9:.1f} GB of "
                               f"float32 weights, three times that to train with Adam), more than {MAX_PARAMETERS:,}; "
                               "use fewer --levels, --widths or --hidden units")
-        if policy.smallest_size < spec.stride:
+        if policy.smallest_size < model.stride:
             raise ConfigError(
                 f"{policy.describe()}: images of {policy.smallest_size} px are smaller than the network's stride of "
-                f"{spec.stride} px ({len(self.widths)} conv blocks); use a size of at least {spec.stride}"
+                f"{model.stride} px; use a size of at least {model.stride}"
             )
 
     def to_dict(self) -> dict:

@@ -24,16 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch.optim import swa_utils
 
+from . import config as config_module
 from . import data as data_mod
 from . import runtime
+from ._deprecated import moved
 from .augment import Augment, AugmentParams
 from .config import DEFAULT_EPOCHS, TrainConfig
 from .distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
 from .distributed import init as dist_init
 from .distributed import shutdown as dist_shutdown
-from .errors import DataError
-from .evaluate import calibrate_run, predict_batches, summarize_predictions, to_device_batch
-from .models import count_parameters
+from .errors import ConfigError, DataError
+from .evaluate import calibrate_run, summarize_predictions
+from .inference import predict_batches, to_device_batch
+from .models import count_parameters, load_pretrained
 from .runs import Checkpoint, RunConfig, RunFolder
 from .sizing import SizePolicy, epoch_generator
 
@@ -59,13 +62,26 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, the study's; AdamW when ``weight_decay`` > 0, with no decay on biases and norms."""
+    """Adam, the study's; AdamW when ``weight_decay`` > 0, with no decay on biases and norms.
+
+    Frozen parameters are left out. With ``backbone_lr`` other than 1, the parameters of the
+    model's ``features`` form their own groups whose ``lr_scale`` multiplies the learning rate
+    (:func:`train_one_epoch` applies it at every step).
+    """
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("nothing to train: every parameter of the model is frozen")
+    scale_of = (lambda name: config.backbone_lr if name.startswith("features.") else 1.0) \
+        if config.backbone_lr != 1.0 else (lambda name: 1.0)
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in trainable:
+        decay = config.weight_decay if p.ndim > 1 else 0.0
+        groups.setdefault((scale_of(name), decay), []).append(p)
+    param_groups = [{"params": ps, "weight_decay": decay, "lr_scale": scale, "lr": config.lr * scale}
+                    for (scale, decay), ps in groups.items()]
     if config.weight_decay == 0:
-        return torch.optim.Adam(model.parameters(), lr=config.lr)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.Adam(param_groups, lr=config.lr)
+    return torch.optim.AdamW(param_groups, lr=config.lr)
 
 
 def ema_update(decay: float):
@@ -156,7 +172,7 @@ def train_one_epoch(
         if lr_at is not None:
             lr = lr_at(step - 1)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images, sizes)
         logits = logits.float()
@@ -325,7 +341,11 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
         raise DataError(f"{data.root}: classes {data.class_names} differ from the run's {list(stored.class_names)}")
 
     torch.manual_seed(config.seed)
-    model = config.model_spec(len(data.class_names)).build().to(device, memory_format=torch.channels_last)
+    model = config.model_spec(len(data.class_names)).build()
+    if config.pretrained and not resume:  # a resumed run's checkpoint holds the weights
+        source = model.default_weights() if config.pretrained == "default" else Path(config.pretrained).expanduser()
+        reporter.message(load_pretrained(model.features, source).line())
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
     net = model
     if ctx.enabled:
@@ -342,7 +362,7 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
     elif start_epoch >= config.epochs:
         reporter.message(f"{run.path}: already trained for {start_epoch} epochs (asked for {config.epochs})")
     if ctx.is_main:
-        run.write_run_config(RunConfig.create(config, model.config, data.class_names, data.root))
+        run.write_run_config(RunConfig.create(config, model.config, data.class_names, data.root, model))
     amp_dtype = runtime.autocast_dtype(config.precision, device)
     reporter.message(
         f"Training {config.model} ({count_parameters(model):,} parameters) on {device}"
@@ -414,27 +434,13 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
     return metrics
 
 
-_MOVED = {
-    "PRESETS": ("config", "PRESETS"), "SCHEDULES": ("config", "SCHEDULES"),
-    "DEFAULT_EPOCHS": ("config", "DEFAULT_EPOCHS"), "PRECISIONS": ("config", "PRECISIONS"),
-    "resolve_device": ("runtime", "resolve_device"), "autocast_dtype": ("runtime", "autocast_dtype"),
-    "peak_rss_mb": ("runtime", "peak_rss_mb"), "check_store_dir": ("data", "check_store_dir"),
-}
-
-
 def __getattr__(name: str):
-    # Names that moved in the redesign keep working for one release.
-    if name in _MOVED:
-        module, attr = _MOVED[name]
-        warnings.warn(f"sppnet.train.{name} moved to sppnet.{module}.{attr}", DeprecationWarning, stacklevel=2)
-        import importlib
-
-        return getattr(importlib.import_module(f"sppnet.{module}"), attr)
+    # Names that moved in the redesign keep working for a while (sppnet._deprecated lists them).
     if name in ("model_from_config", "eval_policy"):
         warnings.warn(f"sppnet.train.{name} is replaced by TrainConfig.model_spec(n).build() and "
                       "SizePolicy.test_view()", DeprecationWarning, stacklevel=2)
         return _model_from_config if name == "model_from_config" else (lambda policy: policy.test_view())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return moved(__name__, name, {"sppnet.config": config_module, "sppnet.runtime": runtime, "sppnet.data": data_mod})
 
 
 def _model_from_config(config: TrainConfig, num_classes: int) -> torch.nn.Module:

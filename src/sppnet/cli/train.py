@@ -49,14 +49,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         sub,
         "train",
         help="train a model and write a run folder",
-        description="Train a CNN with an SPP (or Flatten, or GAP) head. The defaults are the study's setup.",
+        description="Train a CNN with an SPP (or Flatten, or GAP) head: the study's network, or a torchvision or timm "
+                    "network (sppnet models lists them). The defaults are the study's setup.",
         epilog=(
             "examples:\n"
             "  sppnet train flowers\n"
             "  sppnet train ../shared/datasets/flower_photos.tgz --out runs/spp\n"
             "  sppnet train photos/ --native 180 --epochs 30 --out runs/native\n"
             "  sppnet train photos/ --out runs/native --resume --epochs 40\n"
-            "  sppnet train flowers --model flatten --out runs/flatten"
+            "  sppnet train flowers --model flatten --out runs/flatten\n"
+            "  sppnet train photos/ --model torchvision:resnet18 --pretrained resnet18.safetensors \\\n"
+            "      --freeze-backbone --native 128 --out runs/resnet18"
         ),
     )
     from ..config import SECTIONS
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         _check_resume_options(args, overrides)
     preset = args.preset or "study"
     config = TrainConfig.from_preset(preset, data=args.data, **overrides)
-    out = args.out or f"runs/{config.model if preset == 'study' else preset}"
+    out = args.out or f"runs/{config.model.replace(':', '-') if preset == 'study' else preset}"
     # --resume continues for the run's own number of epochs unless --epochs is given.
     config = dataclasses.replace(config, out=out, epochs=args.epochs if args.resume else config.epochs)
     metrics = train(config, resume=args.resume, reporter=ConsoleReporter(), backend=args.backend,

@@ -15,6 +15,7 @@ from .._version import __version__
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError
 from ..models import ModelSpec
+from ..models.flower import RESCALE
 from ..sizing import SizePolicy, policy_from_config
 
 
@@ -64,6 +65,9 @@ class RunConfig:
         data: the data source and split.
         versions: sppnet, torch and Python versions that wrote the run.
         schema: config.json's layout version (0: written by sppnet 0.x).
+        input_convention: how the model reads its 0..255 input: ``{"kind": "rescale", "scale": 1/255}``
+            (the flower family) or ``{"kind": "normalize", "mean": [...], "std": [...]}`` (a backbone;
+            both applied inside the model).
     """
 
     train: TrainConfig
@@ -76,12 +80,16 @@ class RunConfig:
     data: SplitRecord
     versions: dict[str, str]
     schema: int = SCHEMA_VERSION
+    input_convention: dict = dataclasses.field(default_factory=lambda: dict(RESCALE))
 
     @classmethod
-    def create(cls, config: TrainConfig, model_config: dict, class_names: Sequence[str], root: str | os.PathLike) -> "RunConfig":
-        """The RunConfig of a new run of ``config`` (whose model was built as ``model_config``)."""
+    def create(cls, config: TrainConfig, model_config: dict, class_names: Sequence[str], root: str | os.PathLike,
+               model: torch.nn.Module | None = None) -> "RunConfig":
+        """The RunConfig of a new run of ``config`` (whose model was built as ``model_config``;
+        ``model``, when given, tells its stride and input convention)."""
         policy = config.size_policy()
         spec = ModelSpec.from_dict(model_config)
+        convention = dict(getattr(model, "input_convention", RESCALE))
         return cls(
             train=config,
             model=spec,
@@ -89,7 +97,8 @@ class RunConfig:
             policy=policy,
             test_view=policy.test_view(),
             input_size=policy.input_size,
-            stride=spec.stride,
+            stride=int(getattr(model, "stride", spec.stride)),
+            input_convention=convention,
             data=SplitRecord(str(config.data), str(root), config.val_split, config.data_seed, config.holdout),
             versions={"sppnet": __version__, "torch": torch.__version__, "python": platform.python_version()},
         )
@@ -105,6 +114,7 @@ class RunConfig:
             "eval_policy": self.test_view.to_config(),
             "input_size": self.input_size,
             "stride": self.stride,
+            "input": dict(self.input_convention),
             "data": self.data.to_dict(),
             "versions": dict(self.versions),
         }
@@ -153,5 +163,8 @@ class RunConfig:
                                 float(data.get("holdout", 0.0) or 0.0))
         except (TypeError, ValueError, AttributeError) as err:
             raise bad("data", f"is not a data record ({err})") from None
+        convention = d.get("input", RESCALE)  # runs before 0.2 are all of the flower family
+        if not isinstance(convention, dict) or convention.get("kind") not in ("rescale", "normalize"):
+            raise bad("input", f"must be an input convention (kind rescale or normalize), got {convention!r}")
         return cls(train, spec, tuple(names), policy, test_view, input_size, stride, split,
-                   dict(d.get("versions") or {}), schema)
+                   dict(d.get("versions") or {}), schema, dict(convention))
