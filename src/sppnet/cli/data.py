@@ -35,9 +35,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = subcommand(
         sub,
         "models",
-        help="list the model family and parameter counts",
-        description="List the registered models with their parameter counts for 5 classes.",
-        epilog="example:\n  sppnet models",
+        help="list the models and network families",
+        description="List the study's models with their parameter counts for 5 classes, and the network "
+                    "families (torchvision:NAME, timm:NAME) with examples and whether they are installed.",
+        epilog="examples:\n  sppnet models\n  sppnet train photos/ --model timm:mobilenetv3_small_100 --native 128",
     )
     parser.set_defaults(run=run_models)
 
@@ -57,9 +58,18 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from ..models import build_model, count_parameters, list_models
+    import importlib.util
 
+    from ..models import build_model, count_parameters, list_families, list_models
+
+    print("The study's CNN (--model NAME):")
     for name in list_models():
         model = build_model(name)
-        print(f"{name:<8} {count_parameters(model):>10,} parameters  {model.pool}")
+        print(f"  {name:<8} {count_parameters(model):>10,} parameters  {model.pool}")
+    print("Network families with an SPP head (--model FAMILY:NAME):")
+    for family, (what, examples) in list_families().items():
+        installed = importlib.util.find_spec(family) is not None
+        state = "installed" if installed else "not installed: pip install 'sppnet[backbones]'"
+        print(f"  {family}:NAME  {what}; {state}")
+        print(f"      e.g. {', '.join(f'{family}:{e}' for e in examples)}")
     return 0
