@@ -379,7 +379,7 @@ def run_cli(args, capsys):
         (["predict", "{run}", "{data}/amber/img_000.jpg", "--top-k", "0"], "--top-k must be an integer >= 1"),
         (["predict", "{run}", "{data}/amber", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
         (["evaluate", "{run}", "--size", "4"], "size must be an integer >= 8"),
-        (["evaluate", "{run}", "{tmp}/other"], "classes ['x', 'y'] differ from the run's"),
+        (["evaluate", "{run}", "{tmp}/other"], "other: class folder 'x' is not one of the classes (amber, jade, sky)"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, trained_run, dataset, tmp_path, capsys):

@@ -179,7 +179,9 @@ class TrainConfig:
                             "(bf16 where the device has bf16 units, else fp32)",
                             choices=PRECISIONS)
     # data and split
-    val_split: float = _field(0.2, "data", "validation fraction")
+    val: str | None = _field(None, "data", "validate on this folder (or archive) of class subfolders instead of a "
+                             "split of DATA; a DATA folder holding train/ and val/ is used so by itself")
+    val_split: float = _field(0.2, "data", "validation fraction (of DATA, without --val or a val/ folder)")
     holdout: float = _field(0.0, "data", "validate on this share of the training split instead, for tuning")
     calibrate: float = _field(0.0, "data", "hold out this share of the training split (never the validation "
                               "split) to fit a temperature that makes the confidences honest; 0 is off")
@@ -217,7 +219,13 @@ class TrainConfig:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls.from_dict({**PRESETS[preset], **overrides, "preset": preset})
+        recipe = dict(PRESETS[preset])
+        # A preset's network fields (widths, batch norm) shape the study's CNN; on another network
+        # they do not apply and the rest of the recipe (sizes, schedule, ...) still does.
+        takes = builder_parameters(overrides.get("model", recipe.get("model", "spp")))
+        network = {f.name for f in dataclasses.fields(cls) if f.metadata.get("section") == "model"}
+        recipe = {k: v for k, v in recipe.items() if k not in network or k in takes}
+        return cls.from_dict({**recipe, **overrides, "preset": preset})
 
     def size_policy(self) -> SizePolicy:
         """The size policy of :attr:`policy` (raises ConfigError naming what is wrong)."""

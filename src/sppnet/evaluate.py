@@ -211,6 +211,32 @@ def calibrate_run(run: RunFolder, calibration_store: data_mod.ImageStore, val_st
     return calibrated
 
 
+def _same_source(data: str, source: str) -> bool:
+    if data == source:
+        return True
+    a, b = Path(data).expanduser(), Path(source).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _test_set(config, data: str | None) -> tuple[data_mod.Dataset, str]:
+    """The images ``evaluate_run`` scores and a phrase that says which: the run's own validation
+    set when ``data`` is None or the run's training data, else every image of ``data`` (its
+    ``test/``, else ``val/``, in a train/val/test layout), class folders mapped by name."""
+    if data is None or _same_source(str(data), config.data.source):
+        val_source = config.train.val
+        sets = data_mod.run_sets(data_mod.locate(config.data.source),
+                                 data_mod.locate(val_source) if val_source else None,
+                                 config.data.val_split, config.data.seed, config.data.holdout)
+        if sets.source.class_names != list(config.class_names):
+            raise DataError(f"{config.data.source}: classes {sets.source.class_names} differ from the run's "
+                            f"{list(config.class_names)}")
+        return sets.val, "the run's validation set" + (f" ({val_source})" if val_source else "")
+    root = data_mod.locate(data)
+    layout = data_mod.split_layout(root)
+    folder = (layout.get("test") or layout.get("val") or layout["train"]) if layout else root
+    return data_mod.scan(folder, config.class_names), f"every image of {folder}"
+
+
 def evaluate_run(
     run_path,
     data: str | None = None,
@@ -230,9 +256,11 @@ def evaluate_run(
 
     Args:
         run_path: the run folder.
-        data: the dataset; default the run's own data and validation set (its val_split, seed, and
-            holdout: a run tuned with ``holdout`` is evaluated on its held-out training files).
-            Another dataset must have the same classes; its validation split is used.
+        data: a folder or archive of class subfolders to score every image of (its ``test/``,
+            else ``val/``, when it holds a train/val/test layout), mapped to the run's classes by
+            name (an unknown class folder is an error). Default, or the run's own training data:
+            the run's validation set (its ``val`` folder, or its val_split, seed and holdout: a run
+            tuned with ``holdout`` is evaluated on its held-out training files).
         size: warp images to size x size. native: whole images, shorter side ``native``.
         scales: average the softmax over these fixed sizes. At most one of size/native/scales;
             default: the run's own validation view.
@@ -278,13 +306,7 @@ def evaluate_run(
     if small:
         raise ConfigError(f"{', '.join(small)}: smaller than the network's stride of {config.stride} px")
 
-    source = data if data is not None else config.data.source
-    dataset = data_mod.scan(data_mod.locate(source))
-    if dataset.class_names != list(config.class_names):
-        raise DataError(f"{source}: classes {dataset.class_names} differ from the run's {list(config.class_names)}")
-    # The run's own validation set: its held-out part of the training split if it was tuned so.
-    holdout = config.data.holdout if data is None else 0.0
-    _, val = data_mod.run_split(dataset, config.data.val_split, config.data.seed, holdout)
+    val, scored = _test_set(config, data)
     if limit:
         val = val.subset(range(min(limit, len(val))))
     if len(val) == 0:
@@ -304,6 +326,7 @@ def evaluate_run(
         total = probs if total is None else total + probs
     evaluation = summarize_predictions(total / len(views), labels, list(config.class_names))
     evaluation.extra = {
+        "data": scored,
         "view": " + ".join(v.describe() for v in views) + (", with mirror images" if flip else ""),
         "weights": weights,
         "temperature": temperature,

@@ -211,14 +211,17 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
              store_dir: str | None) -> _Data:
     """Locates, scans and splits the data, and decodes both subsets once (per machine)."""
     root = data_mod.locate(config.data)
-    dataset = data_mod.scan(root)
+    val_root = data_mod.locate(config.val) if config.val is not None else None
+    sets = data_mod.run_sets(root, val_root, config.val_split, config.data_seed, config.holdout)
+    dataset, train_set, val_set = sets.source, sets.train, sets.val
     if len(dataset.class_names) < 2:
         raise DataError(f"{root}: one class folder ({dataset.class_names[0]}); a classifier needs at least two")
     empty = [name for name, count in dataset.class_counts().items() if count == 0]
     if empty:
         reporter.message(f"Warning: class folder(s) with no images: {', '.join(empty)}; the model will never "
                          "predict them (remove the folders, or add images)")
-    train_set, val_set = data_mod.run_split(dataset, config.val_split, config.data_seed, config.holdout)
+    if sets.missing:
+        reporter.message(f"Note: no validation image of class(es) {', '.join(sets.missing)}")
     cal_set = None
     if config.calibrate:
         train_set, cal_set = data_mod.calibration_split(train_set, config.calibrate, config.data_seed)
@@ -256,7 +259,7 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
         cal_store, n_cal, failed_cal = shared_store(ctx, decode(cal_set, val_view), "calibration")
         failures += failed_cal
     reporter.message(
-        f"Found {len(dataset)} files belonging to {len(dataset.class_names)} classes; using "
+        f"{sets.found}; using "
         f"{n_train} for training"
         f"{f', {n_cal} (held out from the training split) to calibrate' if cal_set is not None else ''}"
         f" and {n_val} for validation"

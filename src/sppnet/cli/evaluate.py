@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = subcommand(
         sub,
         "evaluate",
-        help="evaluate a run on its validation split",
+        help="evaluate a run on its validation set or any folder",
         description=(
             "Loss, accuracy, per-class precision/recall/F1, calibration (ECE and a reliability diagram) and a "
             "confusion matrix (text and PNG) of a run on a validation split. Views: --size S (warped), --native S (each image whole, "
@@ -26,11 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  sppnet evaluate runs/spp\n"
             "  sppnet evaluate runs/spp --native 180\n"
-            "  sppnet evaluate runs/spp --scales 180,224,256 --json"
+            "  sppnet evaluate runs/spp --scales 180,224,256 --json\n"
+            "  sppnet evaluate runs/spp photos/test"
         ),
     )
     parser.add_argument("run_dir", metavar="RUN", help="run folder")
-    parser.add_argument("data", metavar="DATA", nargs="?", help="dataset (default: the run's own)")
+    parser.add_argument("data", metavar="DIR", nargs="?",
+                        help="score every image of this folder or archive of class subfolders (its test/ in a "
+                             "train/val/test layout); default: the run's own validation set")
     views = parser.add_mutually_exclusive_group()
     views.add_argument("--size", type=int, help="warp images to SIZE x SIZE")
     views.add_argument("--native", type=int, help="whole images, shorter side NATIVE")
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         temperature = evaluation.extra["temperature"]
         calibration = "uncalibrated" if temperature is None else f"temperature {temperature:.3f}"
+        print(f"scored {evaluation.count} images: {evaluation.extra['data']}")
         print(f"view: {evaluation.extra['view']}, {args.weights} weights, {calibration}")
         print(evaluation.report())
         print(f"\nconfusion matrix picture: {png}\nreliability diagram: {reliability}")

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "MAX_DEPTH", "Dataset", "is_image_name", "walk_images", "scan", "split", "run_split", "calibration_split",
-    "expand_images",
+    "expand_images", "split_layout", "run_sets", "RunSets", "SPLIT_FOLDERS",
 ]
 
 #: File endings read as images (any case). Keras reads the same, without webp.
@@ -105,31 +105,125 @@ def walk_images(folder: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[t
     return sorted(found, key=lambda item: item[0])
 
 
-def scan(root: str | os.PathLike) -> Dataset:
+def _subfolders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan(root: str | os.PathLike, class_names: Sequence[str] | None = None) -> Dataset:
     """Lists the images of a folder of class subfolders in Keras' order.
 
     Class names are the sorted names of the non-hidden subfolders. Within a class, files are
     listed folder by folder (folders sorted by path), names sorted, as Keras' ``index_directory``
     does; hidden files and folders and files that are not images are ignored.
 
+    Args:
+        class_names: the classes of a run or of a training folder: the subfolders are mapped to
+            them by name (a class may be missing; a subfolder that is none of them is an error).
+
     Raises:
-        DataError: no such folder, no class subfolders, or no images.
+        DataError: no such folder, no class subfolders, a subfolder that is not one of
+            ``class_names``, or no images.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_names:
+    found = _subfolders(root)
+    if not found:
         raise DataError(f"{root}: no class subfolders; expected {root}/<class name>/<image files>")
+    if class_names is None:
+        class_names = found
+    else:
+        class_names = list(class_names)
+        unknown = [name for name in found if name not in class_names]
+        if unknown:
+            raise DataError(f"{root}: class folder {unknown[0]!r} is not one of the classes "
+                            f"({', '.join(class_names)})")
     files, labels = [], []
-    for label, name in enumerate(class_names):
+    for name in found:
+        label = class_names.index(name)
         for dirpath, names in walk_images(root / name):
             rel_dir = Path(dirpath).relative_to(root).as_posix()
             files += [f"{rel_dir}/{f}" for f in names]
             labels += [label] * len(names)
     if not files:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the class subfolders")
-    return Dataset(root, files, labels, class_names)
+    return Dataset(root, files, labels, list(class_names))
+
+
+#: The subfolders of a data folder that is already split: ``train/`` and one or more of these.
+SPLIT_FOLDERS = ("train", "val", "validation", "test")
+
+
+def split_layout(root: str | os.PathLike) -> dict[str, Path] | None:
+    """The subsets of a folder laid out as ``train/``, ``val/`` (or ``validation/``) and ``test/``,
+    each a folder of class subfolders: ``{"train": ..., "val": ..., "test": ...}`` (those
+    present), or None for a plain folder of class subfolders."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = _subfolders(root)
+    if "train" not in found or not set(found) <= set(SPLIT_FOLDERS) or len(found) < 2:
+        return None
+    if not _subfolders(root / "train"):
+        return None  # train/ holds images: it is a class named "train"
+    layout = {name: root / name for name in found}
+    if "validation" in layout and "val" not in layout:
+        layout["val"] = layout.pop("validation")
+    return layout
+
+
+@dataclass
+class RunSets:
+    """The images of a training run: what it trains on and what it validates on.
+
+    Attributes:
+        train, val: the datasets.
+        source: every image of the training data (what ``train`` was split from).
+        found: the summary line of where they come from ("Found ... files ...").
+        missing: classes of the training set with no validation image.
+    """
+
+    train: Dataset
+    val: Dataset
+    source: Dataset
+    found: str
+    missing: list[str]
+
+
+def run_sets(root: str | os.PathLike, val_root: str | os.PathLike | None = None, val_split: float = 0.2,
+             seed: int = 123, holdout: float = 0.0) -> RunSets:
+    """The training and validation sets of a run on ``root``.
+
+    * ``val_root`` given: all of ``root`` trains, ``val_root`` validates (class folders matched by
+      name; a class missing there is fine, an unknown one is an error);
+    * ``root`` holding ``train/`` and ``val/`` (and maybe ``test/``, never read here): the same
+      with those folders;
+    * otherwise :func:`run_split`: the Keras-compatible split of ``root``.
+
+    With ``holdout``, validation is that share of the training set instead (for tuning: the
+    validation images are never seen).
+    """
+    root = Path(root)
+    layout = split_layout(root)
+    train_root = layout["train"] if layout else root
+    if val_root is None and layout is not None:
+        val_root = layout.get("val")
+    dataset = scan(train_root)
+    names = f"{len(dataset)} files belonging to {len(dataset.class_names)} classes"
+    if val_root is None:
+        if layout is not None:
+            raise DataError(f"{root}: a train/ folder without val/; add val/ or give --val VALDIR")
+        train, val = run_split(dataset, val_split, seed, holdout)
+        return RunSets(train, val, dataset, f"Found {names}", [])
+    val = scan(val_root, dataset.class_names)
+    counts = val.class_counts()
+    missing = [name for name in dataset.class_names if counts[name] == 0]
+    where = f"in {train_root}" + (" (a train/val layout)" if layout else "")
+    found = f"Found {names} {where}, and {len(val)} validation files in {val_root}"
+    train = dataset
+    if holdout:
+        train, val = split(dataset, holdout, seed + 1)
+    return RunSets(train, val, dataset, found, missing)
 
 
 def split(dataset: Dataset, val_split: float = 0.2, seed: int = 123) -> tuple[Dataset, Dataset]:
