@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,15 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS_ARCHIVE = ROOT.parent / "shared" / "datasets" / "flower_photos.tgz"
+
+
+@contextlib.contextmanager
+def small_calibration():
+    """Lets --calibrate fit a temperature on a few images (the tests' datasets are tiny)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sppnet.calibration.MIN_IMAGES", 1)
+        patch.setattr("sppnet.calibration.MIN_PER_CLASS", 0)
+        yield
 
 
 def write_image(path: Path, size=(32, 24), color=None, fmt=None, seed=0) -> Path:

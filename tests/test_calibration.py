@@ -17,7 +17,7 @@ from sppnet.predict import Predictor
 from sppnet.runs import RunFolder
 from sppnet.train import ema_update, train
 
-from conftest import make_dataset
+from conftest import make_dataset, small_calibration
 
 
 def sampled_task(temperature: float, n: int = 20000, views: int = 1, seed: int = 0):
@@ -81,8 +81,9 @@ def calibrated_run(tmp_path_factory):
     data = make_dataset(tmp_path_factory.mktemp("data") / "ds", {"amber": 14, "jade": 12, "sky": 10},
                         size=(48, 36), vary=True)
     out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", str(data), "--out", str(out), "--epochs", "3", "--native", "32", "--batch-size", "8",
-                 "--calibrate", "0.25", "--ema", "0.9", "--flip-test"]) == 0
+    with small_calibration():  # the mechanics, on a few images
+        assert main(["train", str(data), "--out", str(out), "--epochs", "3", "--native", "32", "--batch-size", "8",
+                     "--calibrate", "0.25", "--ema", "0.9", "--flip-test"]) == 0
     return data, out
 
 
@@ -167,13 +168,48 @@ def test_bad_calibrate_and_ema_options_name_the_flag(option, value):
         TrainConfig(**{option: value}).validate()
 
 
-def test_calibrate_that_holds_out_nothing_is_refused_before_anything_is_written(tmp_path):
-    data = make_dataset(tmp_path / "ds", {"a": 3, "b": 3})
+def test_too_few_to_calibrate_names_what_is_short():
+    from sppnet.calibration import too_few_to_calibrate
+
+    assert too_few_to_calibrate({"a": 150, "b": 9}) == "9 of class b, fewer than 10"
+    assert too_few_to_calibrate({"a": 60, "b": 30}) == "90 images, fewer than 100"
+    assert too_few_to_calibrate({"a": 90, "b": 10}) is None
+
+
+def test_calibrate_on_too_few_images_is_skipped_with_a_warning_and_they_train(tmp_path, capsys):
+    data = make_dataset(tmp_path / "ds", {"a": 10, "b": 10}, size=(16, 16))
     out = tmp_path / "run"
-    with pytest.raises(DataError, match="--calibrate"):
-        train(TrainConfig(data=str(data), out=str(out), epochs=1, calibrate=0.1, batch_size=2,
-                          policy={"kind": "fixed", "size": 16}))
-    assert not (out / "state.pt").exists()
+    train(TrainConfig(data=str(data), out=str(out), epochs=1, calibrate=0.25, batch_size=2,
+                      policy={"kind": "fixed", "size": 16}))
+    printed = capsys.readouterr().out
+    assert "--calibrate 0.25 would hold out 4 images, fewer than 100" in printed and "calibration skipped" in printed
+    assert "using 16 for training" in printed and not (out / "calibration.json").exists()
+
+
+def test_a_temperature_that_does_not_lower_the_held_out_loss_is_not_kept(calibrated_run, monkeypatch):
+    from sppnet import evaluate
+    from sppnet.runs import RunFolder
+
+    _, out = calibrated_run
+    run = RunFolder(out)
+    before = (run.file("calibration.json").read_bytes(), run.file("metrics.json").read_bytes())
+    config = run.run_config()
+    from sppnet.data import build_store, calibration_split, locate, run_sets
+
+    sets = run_sets(locate(config.data.source), None, config.data.val_split, config.data.seed)
+    _, cal = calibration_split(sets.train, 0.25, config.data.seed)
+    view = config.test_view
+    cal_store = build_store(cal, view.store_size, view.fixed_store_size, None)[0]
+    val_store = build_store(sets.val, view.store_size, view.fixed_store_size, None)[0]
+    monkeypatch.setattr(evaluate, "fit_temperature", lambda logits, labels: 50.0)  # a bad fit
+    try:
+        result = evaluate.calibrate_run(run, cal_store, val_store, view, False)
+        entry = run.read_json("calibration.json")
+        assert entry["best"]["fitted_temperature"] == 50.0 and entry["best"]["kept"] is False
+        assert entry["best"]["temperature"] == 1.0 == result["best"]["temperature"]
+    finally:
+        run.file("calibration.json").write_bytes(before[0])
+        run.file("metrics.json").write_bytes(before[1])
 
 
 def test_the_ece_noise_floor_is_what_a_calibrated_sample_shows_and_shrinks_with_the_sample():

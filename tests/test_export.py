@@ -143,14 +143,15 @@ def test_missing_onnx_package_names_the_extra(monkeypatch, tmp_path):
 
 
 def test_a_calibrated_run_exports_calibrated_probabilities(tmp_path, capsys):
-    from conftest import make_dataset
+    from conftest import make_dataset, small_calibration
     from sppnet.predict import Predictor
     from sppnet.runs import RunFolder
 
     data = make_dataset(tmp_path / "ds", {"x": 8, "y": 8}, size=(40, 30))
     run = tmp_path / "run"
-    assert main(["train", str(data), "--out", str(run), "--epochs", "1", "--native", "32", "--batch-size", "4",
-                 "--calibrate", "0.25"]) == 0
+    with small_calibration():  # the mechanics, on a few images
+        assert main(["train", str(data), "--out", str(run), "--epochs", "1", "--native", "32", "--batch-size", "4",
+                     "--calibrate", "0.25"]) == 0
     temperature = RunFolder(run).temperature("best")
     assert main(["export", str(run), "--onnx", str(tmp_path / "m.onnx")]) == 0
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}

@@ -19,7 +19,25 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["reliability_bins", "ece_of_bins", "expected_calibration_error", "simulated_eces", "ece_noise_floor",
-           "EceNoise", "ece_noise", "tempered_probabilities", "fit_temperature"]
+           "EceNoise", "ece_noise", "tempered_probabilities", "fit_temperature", "too_few_to_calibrate",
+           "MIN_IMAGES", "MIN_PER_CLASS"]
+
+#: The fewest held-out images, and of each class, that a temperature is fitted on: on fewer, one
+#: temperature fits the few answers it sees (2 images gave T = 0.05 and 100 % confidence).
+MIN_IMAGES = 100
+MIN_PER_CLASS = 10
+
+
+def too_few_to_calibrate(counts: dict[str, int]) -> str | None:
+    """Why a held-out set with these images per class is too small to fit a temperature on, or
+    None when it is large enough (:data:`MIN_IMAGES` in all, :data:`MIN_PER_CLASS` of each class)."""
+    total = sum(counts.values())
+    if total < MIN_IMAGES:
+        return f"{total} images, fewer than {MIN_IMAGES}"
+    least = min(counts, key=counts.get)
+    if counts[least] < MIN_PER_CLASS:
+        return f"{counts[least]} of class {least}, fewer than {MIN_PER_CLASS}"
+    return None
 
 
 def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:

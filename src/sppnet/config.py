@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from .errors import ConfigError
 from .models import ModelSpec, builder_parameters, count_parameters
 from .pooling import POOL_MODES
 from .runtime import DEVICES, PRECISIONS
-from .sizing import Fixed, SizePolicy, policy_from_config
+from .sizing import Fixed, SizePolicy, parse_policy, policy_from_config
 
 __all__ = [
     "TrainConfig", "PRESETS", "STUDY_VARIANTS", "SCHEDULES", "PRECISIONS", "DEFAULT_EPOCHS", "SECTIONS",
@@ -114,6 +114,10 @@ STUDY_VARIANTS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
 }
 
 
+_EXAMPLES = {"size": 180, "sizes": (180, 224), "size_range": (180, 224), "native": 180, "progressive": (64, 96),
+             "native_range": (96, 192)}
+
+
 def _field(default: Any, section: str, help: str, cli: bool = True, choices: tuple | None = None, **kwargs):
     """A dataclass field with its help and section (and whether ``sppnet train`` has a flag)."""
     metadata = {"help": help, "section": section, "cli": cli, "choices": choices}
@@ -191,10 +195,44 @@ class TrainConfig:
     limit: int | None = _field(None, "data", "use only the first N images of each subset (quick tries)")
     # run
     device: str = _field("auto", "run", "auto (CUDA if present), cpu or cuda", choices=DEVICES)
+    tensorboard: bool = _field(False, "run", "write each epoch's numbers (and the curves) to RUN/tensorboard for "
+                               "TensorBoard (extra sppnet[tensorboard])")
     preset: str = _field("study", "run", "named recipe: study (the study's setup), study-plus, fast, best; options given "
                          "explicitly override the preset's values", choices=tuple(PRESETS))
 
-    def __post_init__(self) -> None:
+    # The size policy by its flags, as keyword arguments: TrainConfig(native=180) is
+    # TrainConfig(policy={"kind": "native", "size": 180}); tuples for the pairs and lists
+    # (sizes=(180, 224), size_range=(180, 224), progressive=(64, 96), native_range=(96, 192)).
+    size: InitVar[int | None] = None
+    sizes: InitVar[Any] = None
+    size_range: InitVar[Any] = None
+    native: InitVar[int | None] = None
+    progressive: InitVar[Any] = None
+    native_range: InitVar[Any] = None
+
+    def __post_init__(self, size=None, sizes=None, size_range=None, native=None, progressive=None,
+                      native_range=None) -> None:
+        given = {name: value for name, value in (("size", size), ("sizes", sizes), ("size_range", size_range),
+                                                  ("native", native), ("progressive", progressive),
+                                                  ("native_range", native_range)) if value is not None}
+        for name, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, (int, str, list, tuple)):
+                raise ConfigError(f"{name} takes a number or numbers (e.g. {name}={_EXAMPLES[name]!r}), got "
+                                  f"{type(value).__name__}; a size-policy object goes in policy=")
+        if given:
+            def text(value, sep):
+                return sep.join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+            policy = parse_policy(size, text(sizes, ","), text(size_range, ":"), native, text(progressive, ":"),
+                                  native_range=text(native_range, ":")).to_config()
+            if policy["kind"] == "progressive":
+                del policy["epochs"]  # the run's epochs, below
+            self.policy = policy
+        if isinstance(self.policy, SizePolicy):
+            self.policy = self.policy.to_config()
+        elif not isinstance(self.policy, dict):
+            raise ConfigError(f"policy must be a size policy or its dict (e.g. {{'kind': 'native', 'size': 180}}), "
+                              f"got {type(self.policy).__name__}")
         # A progressive policy grows over the run's epochs unless it names its own: the number is
         # fixed here, so that a run resumed with more --epochs keeps the sizes it started with.
         policy = self.policy
@@ -297,7 +335,7 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and f.name != "pool" and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        for name in ("augment", "batch_norm", "norm_after_pool", "flip_test"):
+        for name in ("augment", "batch_norm", "norm_after_pool", "flip_test", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         number("backbone_lr", 0, 1, high_open=False)

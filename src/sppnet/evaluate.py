@@ -193,12 +193,15 @@ def calibrate_run(run: RunFolder, calibration_store: data_mod.ImageStore, val_st
             return predict_logits(model, batches, device, flip=flip, amp_dtype=amp_dtype)
 
         logits, labels, _ = logits_of(calibration_store)
-        temperature = fit_temperature(logits, labels)
+        fitted_t = fit_temperature(logits, labels)
         fitted = {}
-        for name, t in (("before", 1.0), ("after", temperature)):
+        for name, t in (("before", 1.0), ("after", fitted_t)):
             evaluation = summarize_predictions(tempered_probabilities(logits, t).float(), labels, class_names)
             fitted.update({f"ece_{name}": evaluation.ece, f"loss_{name}": evaluation.loss})
-        entry[weights] = {"temperature": temperature, **fitted}
+        # A temperature that does not lower the held-out loss is not kept: calibration never hurts.
+        kept = fitted["loss_after"] < fitted["loss_before"]
+        temperature = fitted_t if kept else 1.0
+        entry[weights] = {"temperature": temperature, "fitted_temperature": fitted_t, "kept": kept, **fitted}
         val_logits, val_labels, _ = logits_of(val_store)
         evaluation = summarize_predictions(tempered_probabilities(val_logits, temperature).float(), val_labels, class_names)
         calibrated[weights] = {"temperature": temperature, "val_loss": evaluation.loss,
@@ -310,7 +313,7 @@ def evaluate_run(
     if limit:
         val = val.subset(range(min(limit, len(val))))
     if len(val) == 0:
-        raise DataError(f"{source}: the validation split is empty")
+        raise DataError(f"no image to score in {scored}")
     if flip is None:
         flip = config.train.flip_test
     total = None

@@ -16,15 +16,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from . import runtime
-from .data import ImageStore, decode_image, decode_many, expand_images
-from .errors import ConfigError, DataError, ExportError
+from .data import ImageStore, decode_image, decode_many, expand_images, image_size
+from .errors import ConfigError, DataError, ExportError, SppnetError
 from .inference import class_probabilities
 from .models import ModelSpec
 from .runs import RunFolder
@@ -45,7 +45,10 @@ class Prediction:
     Attributes:
         class_name: the most likely class; confidence: its probability.
         probabilities: every class's probability, in class order.
-        width, height: the size the image was classified at.
+        width, height: the model's view: the size the image was classified at (its shorter side
+            at the run's size, or the --size square).
+        file_width, file_height: the image's own size (upright, as EXIF orientation shows it),
+            when known.
     """
 
     source: str
@@ -54,6 +57,8 @@ class Prediction:
     probabilities: dict[str, float]
     width: int
     height: int
+    file_width: int | None = None
+    file_height: int | None = None
 
     def sentence(self) -> str:
         return sentence(self.class_name, self.confidence)
@@ -65,7 +70,48 @@ class Prediction:
         return {
             "image": self.source, "class": self.class_name, "confidence": self.confidence,
             "probabilities": self.probabilities, "width": self.width, "height": self.height,
+            "file_width": self.file_width, "file_height": self.file_height,
         }
+
+
+#: What Predictor.predict takes: a path, encoded bytes, a PIL image, an array or a tensor.
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray, torch.Tensor]
+
+
+def _source(image, index: int | None = None) -> str:
+    """A path as given; another image by its type (and its place among several)."""
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    return type(image).__name__ if index is None else f"{type(image).__name__} {index}"
+
+
+def _to_pil(image) -> Image.Image:
+    """A PIL image, an array (H, W, 3) or (H, W) or a tensor (3, H, W) / (H, W, 3), uint8 or
+    float 0..255, as an RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.dim() == 3 and tensor.shape[0] in (1, 3) and tensor.shape[-1] not in (1, 3):
+            tensor = tensor.permute(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+        image = tensor.numpy()
+    if not isinstance(image, np.ndarray):
+        raise ConfigError(f"cannot classify a {type(image).__name__}: give a path, the bytes of an image file, a PIL "
+                          "image, an array or a tensor")
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3) or 0 in image.shape:
+        raise ConfigError(f"an image array must be (H, W, 3) or (H, W), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.number) or not np.isfinite(image).all():
+            raise ConfigError(f"an image array must hold finite numbers 0..255, got {image.dtype}")
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return Image.fromarray(image).convert("RGB")
+
+
+def _as_batch(array: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (1, 3, H, W), channels last."""
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float().contiguous(memory_format=torch.channels_last)
 
 
 class Predictor:
@@ -125,21 +171,27 @@ class Predictor:
             return self.size, self.size
         return self._native.store_size(width, height)
 
-    def prepare(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> torch.Tensor:
-        """Decodes (a path or encoded bytes) and resizes one image: float (1, 3, H, W), RGB 0..255."""
+    def _decode(self, image: ImageLike, name: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """One image as the model sees it, uint8 (H, W, 3) resized, and its own (width, height)."""
+        own: list[tuple[int, int]] = []
+
+        def target(width: int, height: int) -> tuple[int, int]:
+            own.append((width, height))
+            return self._target(width, height)
+
         if isinstance(image, (str, os.PathLike, bytes, bytearray)):
-            pil = decode_image(image, self._target, name=name)
+            pil = decode_image(image, target, name=name)
         else:
-            if isinstance(image, np.ndarray):
-                image = Image.fromarray(image)
-            if not isinstance(image, Image.Image):
-                raise ConfigError(f"cannot classify a {type(image).__name__}: give a path, a PIL image or an array")
-            pil = image.convert("RGB")
-            target = self._target(*pil.size)
-            if pil.size != target:
-                pil = pil.resize(target, Image.Resampling.BILINEAR)
-        array = torch.from_numpy(np.array(pil))  # (H, W, 3) uint8
-        return array.permute(2, 0, 1).unsqueeze(0).float().contiguous(memory_format=torch.channels_last)
+            pil = _to_pil(image)
+            size = target(*pil.size)
+            if pil.size != size:
+                pil = pil.resize(size, Image.Resampling.BILINEAR)
+        return np.array(pil), (own[0] if own else pil.size)
+
+    def prepare(self, image: ImageLike, name: str | None = None) -> torch.Tensor:
+        """Decodes (a path or encoded bytes) or converts (a PIL image, an array, a tensor) and
+        resizes one image: float (1, 3, H, W), RGB 0..255."""
+        return _as_batch(self._decode(image, name)[0])
 
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
@@ -163,10 +215,11 @@ class Predictor:
             height=int(height),
         )
 
-    def predict_many(self, images: Iterable[str | os.PathLike], batch_size: int = 32, workers: int | None = None,
+    def predict_many(self, images: Iterable[ImageLike], batch_size: int = 32, workers: int | None = None,
                      chunk: int = 256) -> Iterator[Prediction | DataError]:
-        """Classifies many image files; yields, in their order, a :class:`Prediction` each, or the
-        :class:`DataError` naming a file that cannot be read.
+        """Classifies many images (paths, encoded bytes, PIL images, arrays or tensors, as
+        :meth:`predict` takes); yields, in their order, a :class:`Prediction` each, or the
+        :class:`DataError` naming an image that cannot be read.
 
         Files are decoded ``chunk`` at a time in parallel threads (so memory holds one chunk);
         within a chunk, images of similar shape run together in batches of up to ``batch_size``,
@@ -176,14 +229,14 @@ class Predictor:
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        paths = list(images)
+        items = list(images)
         runtime.configure()
         padded_ok = not getattr(self.model, "one_size_per_batch", False)
-        for start in range(0, len(paths), chunk):
-            part = paths[start : start + chunk]
-            # (Decoding the next chunk during inference was slower on 2 cores.)
-            loaded = decode_many(part, self._target, workers, warn=False)
-            store = ImageStore(loaded.images, [0] * len(loaded.images))
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            arrays, own, errors = self._decode_chunk(part, workers)
+            order = sorted(arrays)
+            store = ImageStore([arrays[i] for i in order], [0] * len(order))
             probs = [None] * len(store)
             for indices in self._native.index_batches(store, batch_size, shuffle=False):  # by shape
                 groups = [indices]
@@ -195,25 +248,52 @@ class Predictor:
                     uniform = bool((sizes == sizes[0]).all())
                     for i, p in zip(group.tolist(), self.probabilities(x.float(), None if uniform else sizes)):
                         probs[i] = p
-            results = {i: k for k, i in enumerate(loaded.kept)}
-            failures = iter(loaded.failures)
-            for i, path in enumerate(part):
-                if i in results:
-                    k = results[i]
-                    yield self._prediction(str(path), probs[k], *store.sizes[k].tolist())
-                else:
-                    yield DataError(next(failures)[1])
+            position = {i: k for k, i in enumerate(order)}
+            for i, item in enumerate(part):
+                if i in errors:
+                    yield errors[i]
+                    continue
+                k = position[i]
+                prediction = self._prediction(_source(item, i + start), probs[k], *store.sizes[k].tolist())
+                prediction.file_width, prediction.file_height = own.get(i) or (None, None)
+                yield prediction
 
-    def predict(self, image: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> Prediction:
-        """Classifies one image: a path, the encoded bytes of an image file, a PIL image or an RGB
-        uint8 array. ``name`` names it in messages and in the result (default: the path).
+    def _decode_chunk(self, part: list, workers: int | None) -> tuple[dict, dict, dict]:
+        """The images of a chunk as the model sees them, their own sizes and the errors, by index."""
+        files = [i for i, item in enumerate(part) if isinstance(item, (str, os.PathLike))]
+        loaded = decode_many([part[i] for i in files], self._target, workers, warn=False)
+        arrays = {files[j]: array for j, array in zip(loaded.kept, loaded.images)}
+        errors = {i: DataError(reason) for i, (_, reason) in zip(
+            (files[j] for j in range(len(files)) if j not in set(loaded.kept)), loaded.failures)}
+        own = {}
+        for i in arrays:
+            try:
+                own[i] = image_size(part[i])
+            except DataError:
+                pass
+        for i, item in enumerate(part):
+            if i in arrays or i in errors:
+                continue
+            try:
+                arrays[i], own[i] = self._decode(item, _source(item, i))
+            except SppnetError as err:
+                errors[i] = err if isinstance(err, DataError) else DataError(str(err))
+        return arrays, own, errors
+
+    def predict(self, image: ImageLike, name: str | None = None) -> Prediction:
+        """Classifies one image: a path, the encoded bytes of an image file, a PIL image, an RGB
+        array (H, W, 3) (or a grey one (H, W)) or a tensor (3, H, W), uint8 or float on the
+        0..255 scale. ``name`` names it in messages and in the result (default: the path).
 
         Raises:
             DataError: naming the file, when it cannot be read or decoded.
+            ConfigError: an object that is not an image.
         """
-        x = self.prepare(image, name)
-        source = name or (str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
-        return self.predict_prepared(x, source)
+        array, (file_width, file_height) = self._decode(image, name)
+        x = _as_batch(array)
+        prediction = self.predict_prepared(x, name or _source(image))
+        prediction.file_width, prediction.file_height = file_width, file_height
+        return prediction
 
     def predict_prepared(self, x: torch.Tensor, source: str) -> Prediction:
         """Classifies one image made by :meth:`prepare` (float (1, 3, H, W)), named ``source``."""

@@ -19,6 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +27,10 @@ from torch.optim import swa_utils
 
 from . import config as config_module
 from . import data as data_mod
-from . import runtime
+from . import calibration, runtime
 from ._deprecated import moved
 from .augment import Augment, AugmentParams
+from .callbacks import Callback, ConsoleReporter, Reporter, TensorBoard, format_epoch_line
 from .config import DEFAULT_EPOCHS, TrainConfig
 from .distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
 from .distributed import init as dist_init
@@ -100,30 +102,6 @@ def ema_update(decay: float):
                 avg.copy_(cur)
 
     return update
-
-
-class Reporter:
-    """Receives progress from :func:`train`. The default logs one line per epoch."""
-
-    wants_steps = False
-
-    def message(self, text: str) -> None:
-        log.info(text)
-
-    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float, accuracy: float, elapsed: float) -> None:
-        pass
-
-    def epoch(self, line: str) -> None:
-        log.info(line)
-
-
-def format_epoch_line(epoch: int, epochs: int, steps: int, seconds: float, row: dict) -> str:
-    """Keras' epoch line: ``Epoch 3/20 - 92/92 - 21s - 228ms/step - loss: ... - val_accuracy: ...``."""
-    parts = [f"Epoch {epoch}/{epochs}", f"{steps}/{steps}", f"{seconds:.0f}s", f"{1000 * seconds / max(steps, 1):.0f}ms/step"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if key in row and not math.isnan(row[key]):
-            parts.append(f"{key}: {row[key]:.4f}")
-    return " - ".join(parts)
 
 
 def train_one_epoch(
@@ -224,16 +202,22 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
         reporter.message(f"Note: no validation image of class(es) {', '.join(sets.missing)}")
     cal_set = None
     if config.calibrate:
-        train_set, cal_set = data_mod.calibration_split(train_set, config.calibrate, config.data_seed)
+        fitting, cal_set = data_mod.calibration_split(train_set, config.calibrate, config.data_seed)
+        if config.limit:
+            cal_set = cal_set.subset(range(min(config.limit, len(cal_set))))
+        why = calibration.too_few_to_calibrate(
+            {name: n for name, n in cal_set.class_counts().items() if name not in empty})
+        if why:
+            reporter.message(f"Warning: --calibrate {config.calibrate} would hold out {why}: too few to fit a "
+                             "temperature that can be trusted; calibration skipped, those images train")
+            cal_set = None
+        else:
+            train_set = fitting
     if config.limit:
         train_set = train_set.subset(range(min(config.limit, len(train_set))))
         val_set = val_set.subset(range(min(config.limit, len(val_set))))
-        cal_set = cal_set.subset(range(min(config.limit, len(cal_set)))) if cal_set is not None else None
     if len(train_set) == 0:
         raise DataError(f"{root}: no training images after the split")
-    if cal_set is not None and len(cal_set) == 0:
-        raise DataError(f"{root}: --calibrate {config.calibrate} holds out no image of the training split; "
-                        "raise it or use more images")
     val_view = policy.test_view()
     subsets = [(train_set, policy.store_size), (val_set, val_view.store_size)]
     if cal_set is not None:
@@ -276,7 +260,7 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
 
 
 def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None = None, backend: str | None = None,
-          store_dir: str | None = None) -> dict:
+          store_dir: str | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """Trains a model and writes its run folder.
 
     Args:
@@ -284,7 +268,12 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
             in the run folder is used instead, except ``device`` and ``epochs`` (if not None, it
             may extend the run).
         resume: continue the run in ``config.out`` from its last finished epoch.
-        reporter: receives progress; default logs one line per epoch.
+        reporter: receives progress; default :class:`sppnet.callbacks.ConsoleReporter` (the Keras
+            line of each epoch on stdout, a bar while it runs on a terminal).
+        callbacks: each called with a dict of numbers after every epoch (``event`` "epoch":
+            epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds, images_per_second,
+            best_epoch, best_val_accuracy, run) and at the end (``event`` "end"); see
+            :mod:`sppnet.callbacks`. ``config.tensorboard`` adds :class:`sppnet.callbacks.TensorBoard`.
         backend: distributed backend under torchrun (gloo, nccl); default from the device.
         store_dir: decode the images into memory-mapped files in this folder instead of memory
             (for datasets larger than memory; each file is unlinked once mapped, so nothing stays
@@ -302,7 +291,7 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
         KeyboardInterrupt: re-raised after the run folder is left consistent (the last finished
             epoch is saved; ``--resume`` continues from there).
     """
-    reporter = reporter or Reporter()
+    reporter = reporter or ConsoleReporter()
     run = RunFolder(config.out)
     run.check_out(resume)
     stored = None
@@ -320,9 +309,13 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
     device = runtime.resolve_device(config.device)
     run.check_writable()
     runtime.configure()
+    callbacks = list(callbacks)
+    if config.tensorboard:
+        callbacks.append(TensorBoard(run.path / "tensorboard"))  # checks that tensorboard is installed
     ctx, device = dist_init(device, backend)
     try:
-        return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored, store_dir)
+        return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored, store_dir,
+                      callbacks if ctx.is_main else [])
     finally:
         dist_shutdown(ctx)
 
@@ -336,7 +329,7 @@ class _Silent(Reporter):
 
 
 def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistContext, device: torch.device,
-           run: RunFolder, stored: RunConfig | None, store_dir: str | None) -> dict:
+           run: RunFolder, stored: RunConfig | None, store_dir: str | None, callbacks: list[Callback]) -> dict:
     ctx.barrier()  # every rank has checked --out before rank 0 writes anything
     policy = config.size_policy()
     data = _prepare(config, policy, reporter, ctx, run, store_dir)
@@ -418,6 +411,13 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
                 validation = {k: v for k, v in evaluation.to_dict().items() if k not in ("confusion", "reliability")}
                 run.save_epoch(model, optimizer, history, validation, best, train_rates, data.failures, averaged)
             reporter.epoch(format_epoch_line(epoch + 1, config.epochs, steps, seconds, row))
+            top = max(history, key=lambda r: r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else -1)
+            group = optimizer.param_groups[0]
+            event = {"event": "epoch", **row, "epochs": config.epochs, "lr": group["lr"] / group.get("lr_scale", 1.0),
+                     "images_per_second": train_rates[-1] if train_rates else 0.0,
+                     "best_epoch": top["epoch"], "best_val_accuracy": top["val_accuracy"], "run": str(run.path)}
+            for callback in callbacks:
+                callback(event)
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else start_epoch
         reporter.message(f"Interrupted: {run.path} holds {done} finished epoch(s); continue with --resume")
@@ -434,6 +434,9 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
             f"{last['val_ece_p']:.2f}), loss {validation['loss']:.4f} -> {last['val_loss']:.4f}")
     ctx.barrier()
     metrics = run.read_json("metrics.json") if ctx.is_main and run.file("metrics.json").is_file() else {}
+    for callback in callbacks:
+        callback({"event": "end", "epochs": len(history), "best": metrics.get("best"), "metrics": metrics,
+                  "run": str(run.path)})
     return metrics
 
 

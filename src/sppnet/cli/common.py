@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..callbacks import ConsoleReporter
+
 __all__ = ["PROG", "subcommand", "int_list", "ConsoleReporter", "download_progress"]
 
 PROG = "sppnet"
@@ -25,35 +27,6 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
     return values
-
-
-class ConsoleReporter:
-    """Prints training progress: a bar on a terminal, one Keras-style line per epoch."""
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stdout
-        self.wants_steps = self.stream.isatty()
-        self._bar_shown = False
-
-    def message(self, text: str) -> None:
-        self._clear()
-        print(text, file=self.stream, flush=True)
-
-    def step(self, epoch, epochs, step, steps, loss, accuracy, elapsed) -> None:
-        eta = elapsed / step * (steps - step)
-        filled = int(30 * step / steps)
-        bar = "=" * filled + (">" if filled < 30 else "") + "." * max(0, 29 - filled)
-        print(f"\rEpoch {epoch}/{epochs} {step}/{steps} [{bar}] ETA {eta:4.0f}s - loss: {loss:.4f} - accuracy: {accuracy:.4f}",
-              end="", file=self.stream, flush=True)
-        self._bar_shown = True
-
-    def epoch(self, line: str) -> None:
-        self.message(line)
-
-    def _clear(self) -> None:
-        if self._bar_shown:
-            print("\r\033[K", end="", file=self.stream)
-            self._bar_shown = False
 
 
 def download_progress():

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/compare", help="folder of the variants' runs (default runs/compare)")
     parser.add_argument("--variants", help="comma-separated subset of the variants")
     parser.add_argument("--limit", type=int, help="only the first N images of each subset")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     parser.add_argument("--seed", type=int, default=123, help="seed (default 123)")
     parser.set_defaults(run=run)
 

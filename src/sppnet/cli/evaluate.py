@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="average each image's softmax with its mirror image's (default: as the run validated)")
     parser.add_argument("--weights", default="best", choices=["best", "last"], help="which weights (default best)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     parser.add_argument("--limit", type=int, help="only the first N validation images")
     parser.add_argument("--confusion-png", help="where to draw the confusion matrix (default RUN/confusion.png)")
     parser.add_argument("--reliability-png",

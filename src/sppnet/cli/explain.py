@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="explanations", help="folder for the pictures (default explanations)")
     parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead of keeping their aspect ratio")
     parser.add_argument("--weights", default="best", choices=["best", "last"])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.set_defaults(run=run)
 

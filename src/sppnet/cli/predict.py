@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "  sppnet predict runs/spp sunflower.jpg\n"
             "  sppnet predict runs/spp photos/ --top-k 3\n"
             "  sppnet predict runs/spp a.jpg b.png --json\n"
+            "  sppnet predict runs/spp photos/ --csv > predictions.csv\n"
             "  sppnet predict --onnx spp.onnx sunflower.jpg"
         ),
     )
@@ -35,9 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="print the K most likely classes")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average each image with its mirror image (default: as the run validated)")
-    parser.add_argument("--weights", default="best", choices=["best", "last"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    parser.add_argument("--weights", default="best", choices=["best", "last"],
+                        help="the run's best epoch's weights or its last's (default best)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
+                        help="one JSON object per image: width/height are the model's view, file_width/file_height "
+                             "the image's own size")
+    output.add_argument("--csv", action="store_true",
+                        help="a CSV table: path, class, confidence, then one column per class's probability")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="images classified together, similar shapes zero-padded to the largest (default 32)")
     parser.set_defaults(run=run)
@@ -63,10 +71,18 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise ConfigError(f"no image files in {' '.join(map(str, images))}")
     failed = 0
+    table = None
+    if args.csv:
+        table = csv.writer(sys.stdout, lineterminator="\n")
+        table.writerow(["path", "class", "confidence", *predictor.class_names])
     for path, result in zip(paths, predictor.predict_many(paths, batch_size=args.batch_size)):
         if isinstance(result, SppnetError):
             print(f"{PROG}: error: {result}", file=sys.stderr)
             failed += 1
+            continue
+        if table is not None:
+            table.writerow([str(path), result.class_name, f"{result.confidence:.6f}",
+                            *(f"{p:.6f}" for p in result.probabilities.values())])
             continue
         if args.json:
             print(json.dumps(result.to_dict()))

@@ -257,8 +257,8 @@ def torchvision_backbone(network: str, num_classes: int = 5, levels: Sequence[in
                          stride: int | None = None, channels: int | None = None) -> BackboneSPP:
     """torchvision's ``network`` (randomly initialised) without its pooling and classifier, then
     the SPP head. ``stride``/``channels``: as recorded in a run, checked against the probe."""
-    torchvision = _require("torchvision")
-    import torchvision.models  # noqa: F401 - the registry of networks
+    _require("torchvision")
+    import torchvision.models  # the registry of networks
 
     names = torchvision.models.list_models(module=torchvision.models)
     if network not in names:
