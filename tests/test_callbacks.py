@@ -6,7 +6,7 @@ import math
 import pytest
 
 from sppnet import TrainConfig, train
-from sppnet.callbacks import ConsoleReporter, TensorBoard
+from sppnet.train.callbacks import ConsoleReporter, TensorBoard
 from sppnet.cli import main
 from sppnet.errors import ConfigError
 from sppnet.sizing import Native

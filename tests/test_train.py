@@ -275,7 +275,7 @@ def test_predict_json_and_top_k(trained_run, dataset, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 8
     result = json.loads(lines[0])
-    assert set(result) == {"image", "class", "confidence", "probabilities", "width", "height"}
+    assert set(result) == {"image", "class", "confidence", "probabilities", "width", "height", "file_width", "file_height"}
     assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-5)
     assert main(["predict", str(trained_run), str(dataset / "sky" / "img_000.jpg"), "--top-k", "1"]) == 0
     assert capsys.readouterr().out.count(": 0.") == 1

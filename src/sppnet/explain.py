@@ -251,7 +251,7 @@ def draw(explanations: Sequence[Explanation], path: str | os.PathLike) -> Path:
     rows = []
     for k, e in enumerate(explanations):
         if k == 0 and e.class_name == e.prediction.class_name:
-            title = e.prediction.sentence()
+            title = f"{e.prediction.sentence()}\nEvidence for {e.class_name}"
         else:
             title = f"Evidence for {e.class_name} ({100 * e.probability:.2f} percent)"
         rows.append((title, e.heatmap, e.pyramid))

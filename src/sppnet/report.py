@@ -47,6 +47,14 @@ def plot_curves(history: Sequence[dict], path: Path, title: str | None = None) -
     right.plot(epochs, [r["val_loss"] for r in history], label="Validation Loss")
     right.set_title("Training and Validation Loss")
     right.legend(loc="upper right")
+    left.set_ylabel("accuracy")
+    right.set_ylabel("loss (cross-entropy)")
+    finite = [r for r in history if r["val_accuracy"] == r["val_accuracy"]]  # not NaN
+    if finite:
+        best = max(finite, key=lambda r: r["val_accuracy"])
+        left.axvline(best["epoch"], color="grey", linestyle=":", linewidth=1)
+        left.annotate(f"best {best['val_accuracy']:.4f} (epoch {best['epoch']})", (best["epoch"], best["val_accuracy"]),
+                      textcoords="offset points", xytext=(-4, 6), ha="right", fontsize=8)
     for ax in (left, right):
         ax.set_xlabel("epoch")
     if title:
@@ -153,6 +161,8 @@ def plot_explanations(image, rows: Sequence[tuple[str, object, dict]], path: Pat
         path: the PNG to write.
     """
     import numpy as np
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     height, width = image.shape[:2]
     levels = max((len(pyramid) for _, _, pyramid in rows), default=0)
@@ -165,6 +175,9 @@ def plot_explanations(image, rows: Sequence[tuple[str, object, dict]], path: Pat
         ax.imshow(heatmap_rgba(heatmap))
         ax.set_title(_label(title), fontsize=9, wrap=True)
         ax.axis("off")
+        scale = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet")
+        fig.colorbar(scale, ax=ax, fraction=0.04, pad=0.02).set_label("share of the class's evidence (Grad-CAM)",
+                                                                         fontsize=7)
         for k, (level, shares) in enumerate(sorted(pyramid.items())):
             cell = fig.add_subplot(grid[r, 1 + k])
             cell.imshow(np.asarray(shares, dtype=np.float32), cmap="magma", vmin=0.0, vmax=1.0)

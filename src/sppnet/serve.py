@@ -93,11 +93,13 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
     info = {
         "classes": predictor.class_names,
         "input_size": predictor.train_size,
+        "warped": predictor.size,  # every image resized to this square (None: whole images): the page says so
         "sppnet_version": __version__,
         "max_upload_bytes": max_upload,
         **(model_info or {}),
     }
-    app = FastAPI(title="sppnet", version=__version__, docs_url=None, redoc_url=None)
+    # No /docs, /redoc or /openapi.json: the service's API is the README's three routes.
+    app = FastAPI(title="sppnet", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -299,7 +301,7 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, max_u
     runtime.configure()
     if on_ready is not None:
         on_ready(f"http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, http=protocol,
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=True, http=protocol,
                 limit_concurrency=max_connections, timeout_keep_alive=5)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..callbacks import ConsoleReporter
+from ..train.callbacks import ConsoleReporter
 
 __all__ = ["PROG", "subcommand", "int_list", "ConsoleReporter", "download_progress"]
 

@@ -42,6 +42,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     parser.set_defaults(run=run_models)
 
+    parser = subcommand(
+        sub,
+        "presets",
+        help="compare the named training recipes",
+        description="The presets of sppnet train --preset: network, parameters, sizes, epochs, minutes on two CPU "
+                    "cores and accuracy on the flowers (docs/accuracy.md), and when to pick each.",
+        epilog="examples:\n  sppnet presets\n  sppnet train photos/ --preset fast --out runs/fast",
+    )
+    parser.set_defaults(run=run_presets)
+
 
 def run_data(args: argparse.Namespace) -> int:
     from .. import data
@@ -72,4 +82,29 @@ def run_models(args: argparse.Namespace) -> int:
         state = "installed" if installed else "not installed: pip install 'sppnet[backbones]'"
         print(f"  {family}:NAME  {what}; {state}")
         print(f"      e.g. {', '.join(f'{family}:{e}' for e in examples)}")
+    return 0
+
+
+def preset_table() -> list[list[str]]:
+    """One row per preset: name, network, parameters (5 classes), sizes, epochs, minutes, accuracy,
+    when to pick it."""
+    from ..config import PRESET_FACTS, PRESETS, TrainConfig
+    from ..models import count_parameters
+
+    rows = [["preset", "network", "parameters", "sizes", "epochs", "minutes (2 cores)", "flowers accuracy", "pick it"]]
+    for name in PRESETS:
+        config = TrainConfig.from_preset(name)
+        network = f"{config.model} {'-'.join(map(str, config.widths))}" + (" + batch norm" if config.batch_norm else "")
+        parameters = count_parameters(config.model_spec(5).build())
+        facts = PRESET_FACTS[name]
+        rows.append([name, network, f"{parameters:,}", config.size_policy().describe(), str(config.epochs),
+                     facts["minutes"], facts["accuracy"], facts["pick"]])
+    return rows
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    rows = preset_table()
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0

@@ -30,7 +30,7 @@ def _add_config_fields(groups: dict[str, argparse._ArgumentGroup]) -> None:
             shown = "on" if default else "off"
         else:
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help = f"{f.metadata['help']} (default {shown})"
+        help = f.metadata["help"] if "(default" in f.metadata["help"] else f"{f.metadata['help']} (default {shown})"
         group = groups[f.metadata["section"]]
         if hint is bool:
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,83 +24,27 @@ import torch
 import torch.nn.functional as F
 from torch.optim import swa_utils
 
-from . import config as config_module
-from . import data as data_mod
-from . import calibration, runtime
-from ._deprecated import moved
-from .augment import Augment, AugmentParams
+from .. import config as config_module
+from .. import data as data_mod
+from .. import calibration, runtime
+from .._deprecated import moved
+from ..augment import Augment, AugmentParams
+from .optim import ema_update, learning_rate, make_optimizer
 from .callbacks import Callback, ConsoleReporter, Reporter, TensorBoard, format_epoch_line
-from .config import DEFAULT_EPOCHS, TrainConfig
-from .distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
-from .distributed import init as dist_init
-from .distributed import shutdown as dist_shutdown
-from .errors import ConfigError, DataError
-from .evaluate import calibrate_run, summarize_predictions
-from .inference import predict_batches, to_device_batch
-from .models import count_parameters, load_pretrained
-from .runs import Checkpoint, RunConfig, RunFolder
-from .sizing import SizePolicy, epoch_generator
+from ..config import DEFAULT_EPOCHS, TrainConfig
+from ..distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
+from ..distributed import init as dist_init
+from ..distributed import shutdown as dist_shutdown
+from ..errors import DataError
+from ..evaluate import calibrate_run, summarize_predictions
+from ..inference import predict_batches, to_device_batch
+from ..models import count_parameters, load_pretrained
+from ..runs import Checkpoint, RunConfig, RunFolder
+from ..sizing import SizePolicy, epoch_generator
 
 log = logging.getLogger(__name__)
 
 __all__ = ["train", "train_one_epoch", "learning_rate", "make_optimizer", "ema_update", "Reporter", "format_epoch_line"]
-
-
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """The learning rate at global step ``step`` (from 0) of ``total_steps``.
-
-    Linear warm-up over ``warmup_epochs`` (as a share of the steps), then ``constant`` or
-    ``cosine`` decay towards 0 at the last step. A function of the step alone, so a resumed run
-    follows the same schedule.
-    """
-    warmup = min(total_steps, round(total_steps * config.warmup_epochs / config.epochs)) if config.epochs else 0
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.schedule == "cosine":
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.lr
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, the study's; AdamW when ``weight_decay`` > 0, with no decay on biases and norms.
-
-    Frozen parameters are left out. With ``backbone_lr`` other than 1, the parameters of the
-    model's ``features`` form their own groups whose ``lr_scale`` multiplies the learning rate
-    (:func:`train_one_epoch` applies it at every step).
-    """
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError("nothing to train: every parameter of the model is frozen")
-    scale_of = (lambda name: config.backbone_lr if name.startswith("features.") else 1.0) \
-        if config.backbone_lr != 1.0 else (lambda name: 1.0)
-    groups: dict[tuple[float, float], list] = {}
-    for name, p in trainable:
-        decay = config.weight_decay if p.ndim > 1 else 0.0
-        groups.setdefault((scale_of(name), decay), []).append(p)
-    param_groups = [{"params": ps, "weight_decay": decay, "lr_scale": scale, "lr": config.lr * scale}
-                    for (scale, decay), ps in groups.items()]
-    if config.weight_decay == 0:
-        return torch.optim.Adam(param_groups, lr=config.lr)
-    return torch.optim.AdamW(param_groups, lr=config.lr)
-
-
-def ema_update(decay: float):
-    """The update of an exponential moving average of the weights, for
-    ``torch.optim.swa_utils.AveragedModel(multi_avg_fn=...)``: after ``n`` updates the average
-    moves towards the weights by ``1 - min(decay, (1 + n) / (10 + n))``, so early in training,
-    when the weights change fast, the average follows them instead of keeping the random start."""
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
-        n = float(num_averaged)
-        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
-        for avg, cur in zip(averaged, current):
-            if avg.is_floating_point():
-                avg.lerp_(cur, weight)
-            else:  # counters such as batch norm's num_batches_tracked
-                avg.copy_(cur)
-
-    return update
 
 
 def train_one_epoch(
@@ -268,12 +211,12 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
             in the run folder is used instead, except ``device`` and ``epochs`` (if not None, it
             may extend the run).
         resume: continue the run in ``config.out`` from its last finished epoch.
-        reporter: receives progress; default :class:`sppnet.callbacks.ConsoleReporter` (the Keras
+        reporter: receives progress; default :class:`sppnet.train.callbacks.ConsoleReporter` (the Keras
             line of each epoch on stdout, a bar while it runs on a terminal).
         callbacks: each called with a dict of numbers after every epoch (``event`` "epoch":
             epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds, images_per_second,
             best_epoch, best_val_accuracy, run) and at the end (``event`` "end"); see
-            :mod:`sppnet.callbacks`. ``config.tensorboard`` adds :class:`sppnet.callbacks.TensorBoard`.
+            :mod:`sppnet.train.callbacks`. ``config.tensorboard`` adds :class:`sppnet.train.callbacks.TensorBoard`.
         backend: distributed backend under torchrun (gloo, nccl); default from the device.
         store_dir: decode the images into memory-mapped files in this folder instead of memory
             (for datasets larger than memory; each file is unlinked once mapped, so nothing stays
