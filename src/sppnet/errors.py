@@ -23,3 +23,7 @@ class ExportError(SppnetError):
 
 class WriteError(SppnetError):
     """A file cannot be written there: the folder is a file, read-only, or the disk is full."""
+
+
+class TrainingError(SppnetError):
+    """Training cannot go on: the loss or the weights stopped being finite numbers (divergence)."""

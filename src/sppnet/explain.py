@@ -263,13 +263,21 @@ def draw(explanations: Sequence[Explanation], path: str | os.PathLike) -> Path:
 def explain_files(predictor: Predictor, paths: Sequence[str | os.PathLike], out: str | os.PathLike, k: int = 1,
                   target: str | None = None) -> Iterator[tuple[Path, list[Explanation], Path] | DataError]:
     """Explains image files and draws each into ``out/<name>.explain.png`` (what ``sppnet
-    explain`` does). Yields, in order, (image, its explanations, the picture written), or the
-    :class:`~sppnet.errors.DataError` naming a file that cannot be read."""
+    explain`` does); two images of one name (``a/x.jpg``, ``b/x.jpg``) get ``x.explain.png`` and
+    ``x-2.explain.png``, so that every input has its own picture. Yields, in order, (image, its
+    explanations, the picture written), or the :class:`~sppnet.errors.DataError` naming a file
+    that cannot be read."""
     out = Path(out)
+    taken: set[str] = set()
     for path in map(Path, paths):
         try:
             explanations = explain_top(predictor, path, k, target)
         except DataError as err:
             yield err
             continue
-        yield path, explanations, draw(explanations, out / f"{path.stem}.explain.png")
+        name, n = f"{path.stem}.explain.png", 1
+        while name in taken:
+            n += 1
+            name = f"{path.stem}-{n}.explain.png"
+        taken.add(name)
+        yield path, explanations, draw(explanations, out / name)

@@ -184,6 +184,9 @@ def _compare(model: nn.Module, run, input_size: int, batch_sizes: Sequence[int])
             got = np.asarray(run(x))
             if got.shape != expected.shape:
                 raise ExportError(f"exported model gave shape {got.shape} for input {tuple(x.shape)}, expected {expected.shape}")
+            if not (np.isfinite(expected).all() and np.isfinite(got).all()):
+                raise ExportError(f"the model's logits are not finite (NaN or infinite) for input {tuple(x.shape)}: "
+                                  "its weights are damaged or the run diverged; nothing to compare")
             worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
@@ -242,6 +245,12 @@ def export_run(run_dir: str | os.PathLike, onnx: str | os.PathLike | None = None
     run = RunFolder(run_dir)
     config = run.run_config()
     model = run.load_model(weights, "cpu", fast_paths=False, config=config)
+    with torch.inference_mode():  # weights can be finite and still overflow: never ship such a model
+        size = max(config.input_size, config.stride)
+        probe = model(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255)
+    if not bool(torch.isfinite(probe).all()):
+        raise ExportError(f"{run.path}: the {weights} weights give NaN or infinite logits (the run diverged); "
+                          "nothing was exported")
     written: dict[str, tuple[Path, float | None]] = {}
     if onnx:
         path = export_onnx(model, onnx, list(config.class_names), config.input_size, opset, run.temperature(weights))

@@ -185,6 +185,12 @@ def spatial_pyramid_pool(
         raise ConfigError(f"spatial pyramid pooling needs a 4-D input (N, C, H, W), got {shape}")
     if not is_tracing() and (x.shape[-2] < 1 or x.shape[-1] < 1):
         raise ConfigError(f"spatial pyramid pooling needs H, W >= 1, got {tuple(x.shape)}")
+    if not is_tracing() and not x.is_floating_point():
+        raise ConfigError(f"spatial pyramid pooling needs a floating-point input, got {x.dtype}")
+    if not is_tracing() and x.shape[0] == 0:  # an empty batch: no image, no bin to pool
+        if sizes is not None:
+            _check_sizes(sizes, x)
+        return x.new_zeros((0, x.shape[1] * sum(n * n for n in levels)))
 
     if sizes is None and not is_tracing():
         pool = F.adaptive_max_pool2d if mode == "max" else F.adaptive_avg_pool2d

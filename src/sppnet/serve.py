@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import socket
+from pathlib import Path
 from importlib import resources
 from typing import AsyncIterator, Callable
 
@@ -100,6 +101,7 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
     }
     # No /docs, /redoc or /openapi.json: the service's API is the README's three routes.
     app = FastAPI(title="sppnet", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_SecurityHeaders)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -272,6 +274,35 @@ def guarded_protocol(header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeou
     return GuardedH11Protocol
 
 
+#: The page's content security policy: its own inline script and style, images it makes itself,
+#: requests to this server only, and never inside another site's frame.
+PAGE_POLICY = (b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+               b"script-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+class _SecurityHeaders:
+    """ASGI middleware: every answer is ``nosniff`` and refuses framing; the page gets a content
+    security policy. (Plain ASGI, so request bodies still stream through the size limits.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
+        if scope.get("path") == "/":
+            extra.append((b"content-security-policy", PAGE_POLICY))
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, max_upload: int = DEFAULT_MAX_UPLOAD,
           model_info: dict | None = None, log_level: str = "info", on_ready: Callable[[str], None] | None = None,
           header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
@@ -291,18 +322,26 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, max_u
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not 1 <= max_connections <= 100_000:
         raise ConfigError(f"--max-connections must be an integer in 1..100000, got {max_connections!r}")
     protocol = guarded_protocol(header_timeout, body_timeout)
-    try:  # a clear line now rather than uvicorn's log and exit
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
+    # Bound here and handed to uvicorn: a clear line now rather than uvicorn's log and exit, and
+    # the real port (--port 0 lets the system choose) is known before serving.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
     except OSError as err:
+        listener.close()
         raise ConfigError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    port = listener.getsockname()[1]
     runtime.configure()
     if on_ready is not None:
         on_ready(f"http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=True, http=protocol,
-                limit_concurrency=max_connections, timeout_keep_alive=5)
+    config = uvicorn.Config(app, log_level=log_level, access_log=True, http=protocol,
+                            limit_concurrency=max_connections, timeout_keep_alive=5)
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        listener.close()
 
 
 def serve_run(run_dir: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None,
@@ -325,9 +364,9 @@ def serve_run(run_dir: str | os.PathLike | None = None, onnx: str | os.PathLike 
     predictor = load_predictor(run_dir if not onnx else None, onnx, weights, size, device)
     # The temperature the probabilities are calibrated with (None: uncalibrated); already applied.
     if onnx:
-        info = {"model": "onnx", "source": str(onnx), "temperature": predictor.model.temperature}
+        info = {"model": "onnx", "source": Path(onnx).name, "temperature": predictor.model.temperature}
     else:
-        info = {"model": predictor.model.config.get("name", "model"), "source": str(run_dir),
+        info = {"model": predictor.model.config.get("name", "model"), "source": Path(run_dir).name,
                 "temperature": RunFolder(run_dir).temperature(weights)}
     serve(predictor, host, port, int(max_upload_mb * 1024 * 1024), info, on_ready=on_ready,
           header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)

@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=1, help="explain the K likeliest classes, one row each (default 1)")
     parser.add_argument("--out", default="explanations", help="folder for the pictures (default explanations)")
     parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead of keeping their aspect ratio")
-    parser.add_argument("--weights", default="best", choices=["best", "last"])
+    parser.add_argument("--weights", default="best", choices=["best", "last"],
+                        help="the run's best epoch's weights or its last's (default best)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.set_defaults(run=run)

@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--onnx", metavar="FILE", help="write an ONNX model")
     parser.add_argument("--torchscript", metavar="FILE", help="write a TorchScript module")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("--weights", default="best", choices=["best", "last"])
+    parser.add_argument("--weights", default="best", choices=["best", "last"],
+                        help="the run's best epoch's weights or its last's (default best)")
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
                         help="compare the export with PyTorch (default: on; for ONNX when onnxruntime is installed)")
     parser.set_defaults(run=run)

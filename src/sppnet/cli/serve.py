@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB; larger get 413 (default 10)")
     parser.add_argument("--size", type=int, help="warp images to SIZE x SIZE instead of keeping their aspect ratio")
-    parser.add_argument("--weights", default="best", choices=["best", "last"])
+    parser.add_argument("--weights", default="best", choices=["best", "last"],
+                        help="the run's best epoch's weights or its last's (default best)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     parser.add_argument("--header-timeout", type=float, default=10.0,
                         help="seconds a request's headers may take to arrive; slower connections are closed (default 10)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ def decode_image(
         source = io.BytesIO(path)
     else:
         source = Path(path)
+        check_regular_file(source, name)
     path = name or (source if isinstance(source, Path) else "<bytes>")  # how messages name it
     try:
         with warnings.catch_warnings():
@@ -204,12 +206,30 @@ def upright_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def check_regular_file(path: str | os.PathLike, name: str | None = None) -> None:
+    """Refuses a FIFO, a device or a socket named like an image before anything opens it (reading
+    one would wait forever or never end); a missing file is left to the opener to report.
+
+    Raises:
+        DataError: naming the file and what it is.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file")
+        raise DataError(f"{name or path}: is {kind}, not an image file; skipped")
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of an image file after EXIF orientation, from its header.
 
     Raises:
         DataError: the file is not a readable image.
     """
+    check_regular_file(path)
     try:
         with Image.open(path) as img:
             return upright_size(img)

@@ -75,6 +75,7 @@ def walk_images(folder: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[t
     """
     found: list[tuple[str, list[str]]] = []
     too_deep: list[str] = []
+    skipped: list[str] = []
     stack = [(os.fspath(folder), 0)]
     while stack:
         path, depth = stack.pop()
@@ -92,13 +93,23 @@ def walk_images(folder: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[t
                 is_dir = False
             if not is_dir:
                 if is_image_name(entry.name):
-                    names.append(entry.name)
+                    try:
+                        regular = entry.is_file()  # not a FIFO, device or socket named like an image
+                    except OSError:
+                        regular = False
+                    if regular:
+                        names.append(entry.name)
+                    else:
+                        skipped.append(os.path.join(path, entry.name))
             elif not entry.name.startswith(".") and not entry.is_symlink():
                 if depth < max_depth:
                     stack.append((os.path.join(path, entry.name), depth + 1))
                 else:
                     too_deep.append(os.path.join(path, entry.name))
         found.append((path, sorted(names)))
+    if skipped:
+        log.warning("%s: %d file(s) named like images are not regular files (FIFOs, devices, sockets) and were "
+                    "skipped (e.g. %s)", folder, len(skipped), skipped[0][:200])
     if too_deep:
         log.warning("%s: %d folder(s) more than %d levels deep were not searched (e.g. %s)",
                     folder, len(too_deep), max_depth, too_deep[0][:200])

@@ -174,7 +174,7 @@ class FlowerCNN(nn.Module):
             return
         if x.dim() != 4 or x.shape[1] != 3:
             raise ConfigError(f"the model needs input of shape (N, 3, H, W), got {tuple(x.shape)}")
-        smallest = min(x.shape[-2:]) if sizes is None else int(sizes.min())
+        smallest = min(x.shape[-2:]) if sizes is None or len(sizes) == 0 else int(sizes.min())
         if smallest < self.stride:
             raise ConfigError(
                 f"input of {x.shape[-2]}x{x.shape[-1]} (smallest side {smallest}) is smaller than the "

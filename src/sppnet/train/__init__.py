@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ..config import DEFAULT_EPOCHS, TrainConfig
 from ..distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
 from ..distributed import init as dist_init
 from ..distributed import shutdown as dist_shutdown
-from ..errors import DataError
+from ..errors import DataError, TrainingError
 from ..evaluate import calibrate_run, summarize_predictions
 from ..inference import predict_batches, to_device_batch
 from ..models import count_parameters, load_pretrained
@@ -263,6 +264,21 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
         dist_shutdown(ctx)
 
 
+def _check_finite(epoch: int, row: dict, model: torch.nn.Module, run: RunFolder, history: list[dict]) -> None:
+    """Stops a run that diverged before its epoch is saved: the folder keeps its last finite epoch.
+
+    Raises:
+        TrainingError: naming the epoch and what stopped being a number.
+    """
+    bad = [key for key in ("loss", "val_loss") if not math.isfinite(row[key])]
+    if not bad and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        bad = ["weights"]
+    if bad:
+        kept = f"keeps epoch {history[-1]['epoch']}" if history else "keeps no epoch"
+        raise TrainingError(f"epoch {epoch}: the {' and '.join(bad)} became NaN or infinite: the run diverged "
+                            f"(try a lower --lr); {run.path} {kept}")
+
+
 class _Silent(Reporter):
     def message(self, text: str) -> None:
         pass
@@ -349,6 +365,7 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
                 "epoch": epoch + 1, "loss": loss, "accuracy": acc,
                 "val_loss": evaluation.loss, "val_accuracy": evaluation.accuracy, "seconds": seconds,
             }
+            _check_finite(epoch + 1, row, model, run, history)
             history.append(row)
             if ctx.is_main:
                 validation = {k: v for k, v in evaluation.to_dict().items() if k not in ("confusion", "reliability")}

@@ -1,0 +1,174 @@
+"""The third hostile probe's cases that are fixed: each ends in one clear line or the right result."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sppnet.cli import main
+from sppnet.errors import ConfigError
+from sppnet.models import build_model
+from sppnet.pooling import spatial_pyramid_pool
+from sppnet.runs import RunFolder
+
+from conftest import make_dataset
+
+FAST = ["--epochs", "1", "--size", "32", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile3")
+    data = make_dataset(root / "ds", {"amber": 6, "jade": 6})
+    run = root / "run"
+    assert main(["train", str(data), "--out", str(run), *FAST]) == 0
+    return data, run
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("with_sizes", [False, True])
+def test_an_empty_batch_pools_to_no_rows(mode, with_sizes):
+    sizes = torch.zeros(0, 2, dtype=torch.long) if with_sizes else None
+    assert spatial_pyramid_pool(torch.zeros(0, 4, 8, 8), (1, 2), mode, sizes).shape == (0, 20)
+
+
+@pytest.mark.parametrize("name", ["spp", "gap"])
+def test_an_empty_batch_through_a_model_gives_no_logits(name):
+    model = build_model(name, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(0, 3, 32, 32), torch.zeros(0, 2, dtype=torch.long)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("with_sizes", [False, True])
+def test_an_integer_tensor_is_refused_on_both_paths(with_sizes):
+    sizes = torch.tensor([[8, 8], [4, 4]]) if with_sizes else None
+    with pytest.raises(ConfigError, match="needs a floating-point input, got torch.int64"):
+        spatial_pyramid_pool(torch.zeros(2, 4, 8, 8, dtype=torch.long), (1, 2), "max", sizes)
+
+
+def _sppnet(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "sppnet", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
+def test_a_fifo_named_like_an_image_is_skipped_never_read(world, tmp_path):
+    data, run = world
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    done = _sppnet("predict", run, pipe, data / "amber" / "img_000.jpg")  # would hang if opened
+    assert done.returncode == 1 and "pipe.jpg: is a named pipe (FIFO), not an image file" in done.stderr
+    assert "This image most likely belongs to" in done.stdout
+    folder = make_dataset(tmp_path / "ds", {"a": 4, "b": 4})
+    os.mkfifo(folder / "a" / "fifo.png")
+    done = _sppnet("train", folder, "--out", tmp_path / "r", *FAST)
+    assert done.returncode == 0, done.stderr
+    assert "Found 8 files" in done.stdout and "not regular files" in done.stdout + done.stderr
+    done = _sppnet("explain", run, folder / "a" / "fifo.png", "--out", tmp_path / "ex")
+    assert done.returncode != 0 and "named pipe" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_diverging_run_stops_naming_the_epoch_and_keeps_the_last_finite_one(world, tmp_path, capsys, monkeypatch):
+    data, _ = world
+    train_module = importlib.import_module("sppnet.train")
+    real = train_module.train_one_epoch
+    calls = []
+
+    def diverge_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        loss, acc, n = real(*args, **kwargs)
+        if len(calls) == 2:
+            with torch.no_grad():
+                for p in args[0].parameters():
+                    p.fill_(float("nan"))
+            return float("nan"), acc, n
+        return loss, acc, n
+
+    monkeypatch.setattr(train_module, "train_one_epoch", diverge_in_epoch_two)
+    run = tmp_path / "run"
+    code = main(["train", str(data), "--out", str(run), "--epochs", "3", "--size", "32"])
+    err = capsys.readouterr().err
+    assert code == 2 and "epoch 2: the loss and val_loss became NaN or infinite: the run diverged" in err
+    assert f"{run} keeps epoch 1" in err and len(err.strip().splitlines()) == 1
+    folder = RunFolder(run)
+    assert [r["epoch"] for r in folder.read_history()] == [1]
+    assert all(torch.isfinite(t).all() for t in load_file(run / "last.safetensors").values())
+    assert "NaN" not in (run / "metrics.json").read_text()
+
+
+def test_export_refuses_weights_whose_logits_overflow(world, tmp_path, capsys):
+    _, run = world
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    weights = {k: v * 1e18 if v.is_floating_point() else v for k, v in load_file(copy / "best.safetensors").items()}
+    save_file(weights, copy / "best.safetensors")
+    target = tmp_path / "m.pt"
+    assert main(["export", str(copy), "--torchscript", str(target)]) == 2
+    assert "give NaN or infinite logits (the run diverged); nothing was exported" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_two_inputs_of_one_name_get_two_explanations(world, tmp_path, capsys):
+    data, run = world
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x.jpg").write_bytes((data / "amber" / "img_000.jpg").read_bytes())
+    (b / "x.jpg").write_bytes((data / "jade" / "img_001.jpg").read_bytes())
+    out = tmp_path / "ex"
+    assert main(["explain", str(run), str(a / "x.jpg"), str(b / "x.jpg"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x-2.explain.png", "x.explain.png"]
+
+
+def test_the_service_sets_protective_headers_and_keeps_its_paths_to_itself(world):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from sppnet.predict import Predictor
+    from sppnet.serve import create_app
+
+    _, run = world
+    client = TestClient(create_app(Predictor.from_run(run), model_info={"source": run.name}))
+    page, health = client.get("/"), client.get("/health")
+    for answer in (page, health):
+        assert answer.headers["x-content-type-options"] == "nosniff" and answer.headers["x-frame-options"] == "DENY"
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+
+def test_serve_on_port_0_names_the_port_it_got_and_model_names_no_absolute_path(world):
+    pytest.importorskip("uvicorn")
+    import httpx
+
+    _, run = world
+    proc = subprocess.Popen([sys.executable, "-m", "sppnet", "serve", str(run), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        for _ in range(200):
+            line = proc.stdout.readline()
+            if "http://127.0.0.1:" in line:
+                url = line[line.index("http://"):].split()[0].rstrip("/.,")
+                break
+        assert url and not url.endswith(":0"), url
+        for _ in range(100):
+            try:
+                answer = httpx.get(url + "/model", timeout=2)
+                break
+            except httpx.TransportError:
+                import time
+
+                time.sleep(0.2)
+        info = answer.json()
+        assert str(run.parent) not in json.dumps(info) and info["source"] == run.name
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
