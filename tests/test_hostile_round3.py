@@ -172,3 +172,21 @@ def test_serve_on_port_0_names_the_port_it_got_and_model_names_no_absolute_path(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_explaining_a_huge_photo_draws_at_a_bounded_size(world, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sppnet.explain import MAX_OVERLAY_SIDE, explain
+    from sppnet.predict import Predictor
+
+    _, run = world
+    predictor = Predictor.from_run(run)
+    photo = tmp_path / "wide.png"
+    Image.fromarray(np.full((1500, 3000, 3), 90, dtype=np.uint8)).save(photo)
+    for image in (str(photo), np.full((1500, 3000, 3), 90, dtype=np.uint8)):
+        explanation = explain(predictor, image)
+        assert explanation.heatmap.shape == (MAX_OVERLAY_SIDE // 2, MAX_OVERLAY_SIDE)
+        assert explanation.image.shape == (MAX_OVERLAY_SIDE // 2, MAX_OVERLAY_SIDE, 3)
+        assert (explanation.prediction.file_width, explanation.prediction.file_height) == (3000, 1500)

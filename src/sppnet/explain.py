@@ -2,7 +2,7 @@
 
     predictor = Predictor.from_run("runs/spp")
     explanation = explain(predictor, "sunflower.jpg")         # the predicted class
-    explanation.heatmap            # (H, W) float in [0, 1], the original photo's size
+    explanation.heatmap            # (H, W) float in [0, 1], the photo's size (longer side at most 1024 px)
     explanation.pyramid            # {4: [[share, ...], ...], 2: ..., 1: ...}: evidence per SPP bin
 
 **Method: Grad-CAM** (Selvaraju et al. 2017) on the map the last conv block hands to the head.
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .errors import ConfigError, DataError
 from .pooling import SpatialPyramidPooling
-from .predict import Prediction, Predictor
+from .predict import Prediction, Predictor, to_pil_image
 
 __all__ = [
     "Explanation", "evidence_maps", "explain", "explain_top", "explain_files", "draw",
@@ -54,7 +54,7 @@ class Explanation:
     Attributes:
         prediction: the image's prediction (all classes' probabilities).
         class_name: the class explained; probability: its probability.
-        heatmap: (H, W) float32 in [0, 1] at the original image's size.
+        heatmap: (H, W) float32 in [0, 1] at the image's own size, its longer side at most MAX_OVERLAY_SIDE (1024).
         model_heatmap: (h, w) float32 in [0, 1] at the size the model saw the image.
         pyramid: SPP level n -> n x n shares of the class's evidence (rows top to bottom), each
             level summing to 1 (or all 0 when the level holds no positive evidence); empty for
@@ -178,15 +178,26 @@ def _resize_map(cam: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
 
 
-def _original(image) -> np.ndarray | None:
-    """The photo at its original size, as RGB uint8 (for the overlay), when it can be read."""
+#: The longest side of the photo a heat map is laid over (and of the heat map): a large photo is
+#: shown shrunk, so that explaining an 8000 x 8000 image costs what a 1024 x 1024 one does.
+MAX_OVERLAY_SIDE = 1024
+
+
+def _overlay_size(width: int, height: int) -> tuple[int, int]:
+    scale = min(1.0, MAX_OVERLAY_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _original(image) -> np.ndarray:
+    """The photo as RGB uint8 for the overlay: at its own size, its longer side at most
+    :data:`MAX_OVERLAY_SIDE` (a JPEG is decoded at a reduced scale, never whole)."""
     from .data import decode_image
 
-    if isinstance(image, np.ndarray):
-        return image
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    return np.asarray(decode_image(image))
+    if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+        return np.asarray(decode_image(image, _overlay_size))
+    pil = to_pil_image(image)
+    size = _overlay_size(*pil.size)
+    return np.asarray(pil if pil.size == size else pil.resize(size, Image.Resampling.BILINEAR))
 
 
 def explain_top(predictor: Predictor, image, k: int = 1, target: str | None = None,
@@ -208,9 +219,10 @@ def explain_top(predictor: Predictor, image, k: int = 1, target: str | None = No
         raise ConfigError(f"--top-k must be an integer in 1..{len(predictor.class_names)}, got {k!r}")
     if target is not None and target not in predictor.class_names:
         raise ConfigError(f"--class {target!r} is not one of the run's classes: {', '.join(predictor.class_names)}")
-    x = predictor.prepare(image, name)
+    x, (file_width, file_height) = predictor.prepare_sized(image, name)
     source = name or (str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
     prediction = predictor.predict_prepared(x, source)
+    prediction.file_width, prediction.file_height = file_width, file_height
     if target is not None:
         classes = [predictor.class_names.index(target)]
     else:

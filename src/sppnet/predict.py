@@ -30,7 +30,7 @@ from .models import ModelSpec
 from .runs import RunFolder
 from .sizing import Native
 
-__all__ = ["Prediction", "Predictor", "OnnxModel", "load_predictor", "sentence", "expand_images"]
+__all__ = ["Prediction", "Predictor", "OnnxModel", "load_predictor", "sentence", "expand_images", "to_pil_image"]
 
 
 def sentence(class_name: str, confidence: float) -> str:
@@ -85,7 +85,7 @@ def _source(image, index: int | None = None) -> str:
     return type(image).__name__ if index is None else f"{type(image).__name__} {index}"
 
 
-def _to_pil(image) -> Image.Image:
+def to_pil_image(image) -> Image.Image:
     """A PIL image, an array (H, W, 3) or (H, W) or a tensor (3, H, W) / (H, W, 3), uint8 or
     float 0..255, as an RGB PIL image."""
     if isinstance(image, Image.Image):
@@ -182,7 +182,7 @@ class Predictor:
         if isinstance(image, (str, os.PathLike, bytes, bytearray)):
             pil = decode_image(image, target, name=name)
         else:
-            pil = _to_pil(image)
+            pil = to_pil_image(image)
             size = target(*pil.size)
             if pil.size != size:
                 pil = pil.resize(size, Image.Resampling.BILINEAR)
@@ -191,7 +191,12 @@ class Predictor:
     def prepare(self, image: ImageLike, name: str | None = None) -> torch.Tensor:
         """Decodes (a path or encoded bytes) or converts (a PIL image, an array, a tensor) and
         resizes one image: float (1, 3, H, W), RGB 0..255."""
-        return _as_batch(self._decode(image, name)[0])
+        return self.prepare_sized(image, name)[0]
+
+    def prepare_sized(self, image: ImageLike, name: str | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """:meth:`prepare`, and the image's own (width, height)."""
+        array, own = self._decode(image, name)
+        return _as_batch(array), own
 
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,8 +294,7 @@ class Predictor:
             DataError: naming the file, when it cannot be read or decoded.
             ConfigError: an object that is not an image.
         """
-        array, (file_width, file_height) = self._decode(image, name)
-        x = _as_batch(array)
+        x, (file_width, file_height) = self.prepare_sized(image, name)
         prediction = self.predict_prepared(x, name or _source(image))
         prediction.file_width, prediction.file_height = file_width, file_height
         return prediction

@@ -27,6 +27,7 @@ a request's headers must arrive within ``header_timeout`` seconds (default 10) a
 goes away mid-upload is dropped quietly.
 """
 
+import asyncio
 import base64
 import logging
 import math
@@ -102,6 +103,9 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
     # No /docs, /redoc or /openapi.json: the service's API is the README's three routes.
     app = FastAPI(title="sppnet", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_SecurityHeaders)
+    # Each request's memory is bounded (decoding limits, explain's capped overlay); this bounds how
+    # many are in flight at once, so that the process's peak is a small multiple of one request's.
+    busy = asyncio.Semaphore(MAX_WORKERS)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -176,7 +180,8 @@ def create_app(predictor: Predictor, max_upload: int = DEFAULT_MAX_UPLOAD, model
             data, name = await image_bytes(request, body)
             if not data:
                 raise DataError(f"{name}: empty upload, expected an image")
-            return await run_in_threadpool(work, data, name)
+            async with busy:  # at most MAX_WORKERS images decoded and classified at once
+                return await run_in_threadpool(work, data, name)
         except DataError as err:
             return error(400, str(err))
 
@@ -273,6 +278,9 @@ def guarded_protocol(header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeou
 
     return GuardedH11Protocol
 
+
+#: Requests whose image is decoded, classified or explained at once (more wait their turn).
+MAX_WORKERS = 2
 
 #: The page's content security policy: its own inline script and style, images it makes itself,
 #: requests to this server only, and never inside another site's frame.
