@@ -190,3 +190,12 @@ def test_explaining_a_huge_photo_draws_at_a_bounded_size(world, tmp_path):
         assert explanation.heatmap.shape == (MAX_OVERLAY_SIDE // 2, MAX_OVERLAY_SIDE)
         assert explanation.image.shape == (MAX_OVERLAY_SIDE // 2, MAX_OVERLAY_SIDE, 3)
         assert (explanation.prediction.file_width, explanation.prediction.file_height) == (3000, 1500)
+
+
+def test_no_validation_image_is_refused_before_anything_is_written(world, tmp_path, capsys):
+    data, _ = world
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--val-split", "0", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "no validation images (--val-split 0.0 of 12 files)" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "metrics.json").exists() and not (run / "config.json").exists()

@@ -162,6 +162,10 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
         val_set = val_set.subset(range(min(config.limit, len(val_set))))
     if len(train_set) == 0:
         raise DataError(f"{root}: no training images after the split")
+    if len(val_set) == 0:
+        raise DataError(f"{root}: no validation images (--val-split {config.val_split} of {len(sets.source)} files"
+                        f"{', --val ' + str(config.val) if config.val else ''}): training validates every epoch; "
+                        "raise --val-split or give --val DIR")
     val_view = policy.test_view()
     subsets = [(train_set, policy.store_size), (val_set, val_view.store_size)]
     if cal_set is not None:
