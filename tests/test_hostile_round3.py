@@ -199,3 +199,93 @@ def test_no_validation_image_is_refused_before_anything_is_written(world, tmp_pa
     err = capsys.readouterr().err
     assert "no validation images (--val-split 0.0 of 12 files)" in err and len(err.strip().splitlines()) == 1
     assert not (run / "metrics.json").exists() and not (run / "config.json").exists()
+
+
+def test_weight_files_get_the_mode_of_the_rest_of_the_run_folder(world):
+    _, run = world
+    config_mode = (run / "config.json").stat().st_mode & 0o777
+    for name in ("best.safetensors", "last.safetensors", "state.pt"):
+        assert (run / name).stat().st_mode & 0o777 == config_mode, name
+
+
+def test_a_second_training_into_a_run_folder_in_use_is_refused(world, tmp_path, capsys):
+    from sppnet.runs import RunFolder
+
+    data, _ = world
+    run = tmp_path / "run"
+    holder = RunFolder(run)
+    with holder.lock():  # as a training in another process holds it
+        assert main(["train", str(data), "--out", str(run), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"{run}: another training is writing this run folder (pid {os.getpid()})" in err
+    assert main(["train", str(data), "--out", str(run), *FAST]) == 0  # released: a killed holder frees it too
+
+
+def test_a_killed_training_does_not_leave_its_folder_locked(world, tmp_path):
+    data, _ = world
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from sppnet.runs import RunFolder\n"
+                             f"with RunFolder({str(run)!r}).lock():\n    print('held', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    proc.kill()
+    proc.wait(timeout=10)
+    assert main(["train", str(data), "--out", str(run), *FAST]) == 0
+
+
+@pytest.mark.parametrize("out,message", [("", "--out must name a folder, got ''"),
+                                         ("{data}/runs/x", "lies inside the data folder"),
+                                         ("{data}", "lies inside the data folder")])
+def test_an_out_folder_inside_the_data_or_empty_is_refused(world, capsys, out, message):
+    data, _ = world
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    assert main(["train", str(data), "--out", out.format(data=data), *FAST]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_one_class_with_images_beside_empty_ones_is_refused(tmp_path, capsys):
+    data = make_dataset(tmp_path / "ds", {"real": 5})
+    (data / "empty").mkdir()
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), *FAST]) == 2
+    assert "fewer than two classes with images (empty: empty)" in capsys.readouterr().err
+
+
+def _copy_run(run, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    return copy
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.update(class_names=["amber", "amber"]), "'class_names' names 'amber' twice"),
+    (lambda c: c["train"].update(flip_test="no"), "flip_test must be true or false, got 'no'"),
+    (lambda c: c["train"].update(seed=-3.5), "seed must be an integer, got -3.5"),
+    (lambda c: c["train"].update(levels="1,2"), "levels must be a list of integers"),
+])
+def test_a_run_config_with_wrong_types_is_refused_not_coerced(world, tmp_path, capsys, edit, message):
+    _, run = world
+    copy = _copy_run(run, tmp_path)
+    config = json.loads((copy / "config.json").read_text())
+    edit(config)
+    (copy / "config.json").write_text(json.dumps(config))
+    assert main(["predict", str(copy), str(world[0] / "amber" / "img_000.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "{data}", "--out", "{tmp}/r", "--seed", str(2**32)], "--seed must be at most 4294967295"),
+    (["train", "{data}", "--out", "{tmp}/r", "--split-seed", str(2**40)], "--split-seed must be at most 4294967295"),
+    (["train", "{data}", "--out", "{tmp}/r", "--seed", "-1"], "--seed must be an integer >= 0"),
+    (["data", "{data}", "--seed", "-1"], "--seed must be an integer in 0..4294967295, got -1"),
+    (["data", "{data}", "--seed", str(2**32)], "--seed must be an integer in 0..4294967295"),
+])
+def test_seeds_out_of_32_bits_get_one_line(world, tmp_path, capsys, args, message):
+    data, _ = world
+    assert main([a.format(data=data, tmp=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
@@ -333,6 +335,9 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 integer(name, minimum)
         integer("seed", 0)
+        for name in ("seed", "split_seed"):
+            if isinstance(getattr(self, name), int) and getattr(self, name) > 2**32 - 1:
+                raise ConfigError(f"{flag(name)} must be at most {2**32 - 1} (a 32-bit seed), got {getattr(self, name)}")
         integer("warmup_epochs", 0)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
@@ -388,6 +393,22 @@ class TrainConfig:
         d["widths"] = list(self.widths)
         return d
 
+    def check_types(self) -> None:
+        """Checks that each field has its type (a configuration read from a file is not coerced:
+        ``flip_test: "no"`` is an error, not True).
+
+        Raises:
+            ConfigError: naming the field, its value and the type it needs.
+        """
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            allowed = typing.get_args(hint) if union else (hint,)
+            ok = any(_is_a(value, a) for a in allowed)
+            if not ok:
+                raise ConfigError(f"{f.name} must be {' or '.join(_type_name(a) for a in allowed)}, got {value!r}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """From :meth:`to_dict`'s form; keys that are not fields are ignored (older runs)."""
@@ -399,6 +420,29 @@ class TrainConfig:
             if isinstance(kwargs.get(name), list):
                 kwargs[name] = tuple(kwargs[name])
         return cls(**kwargs)
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typing.get_origin(kind) is tuple:
+        return isinstance(value, (tuple, list)) and all(_is_a(v, int) for v in value)
+    return isinstance(value, typing.get_origin(kind) or kind)
+
+
+def _type_name(kind: Any) -> str:
+    if kind is type(None):
+        return "null"
+    if typing.get_origin(kind) is tuple:
+        return "a list of integers"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
+        kind, str(kind))
 
 
 def cli_fields() -> list[dataclasses.Field]:

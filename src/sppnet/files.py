@@ -43,10 +43,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = TMP_SUFFIX) -> Iterator[P
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
         tmp = Path(name)
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         yield tmp
+        # Set after the block: a writer may replace the file (safetensors recreates it as 0600).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as err:
         raise WriteError(f"{path}: cannot write ({err.strerror or err})") from None

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         _check_resume_options(args, overrides)
     preset = args.preset or "study"
     config = TrainConfig.from_preset(preset, data=args.data, **overrides)
-    out = args.out or f"runs/{config.model.replace(':', '-') if preset == 'study' else preset}"
+    out = args.out if args.out is not None else f"runs/{config.model.replace(':', '-') if preset == 'study' else preset}"
     # --resume continues for the run's own number of epochs unless --epochs is given.
     config = dataclasses.replace(config, out=out, epochs=args.epochs if args.resume else config.epochs)
     metrics = train(config, resume=args.resume, reporter=ConsoleReporter(), backend=args.backend,
@@ -127,7 +127,7 @@ def _check_resume_options(args: argparse.Namespace, overrides: dict) -> None:
     from ..runs import RunFolder
     from ..sizing import policy_from_config
 
-    run = RunFolder(args.out or "runs/spp")
+    run = RunFolder(args.out if args.out is not None else "runs/spp")
     if not run.exists():
         return  # train() says there is nothing to resume
     stored = run.run_config().train

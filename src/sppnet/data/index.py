@@ -24,6 +24,9 @@ __all__ = [
     "expand_images", "split_layout", "run_sets", "RunSets", "SPLIT_FOLDERS",
 ]
 
+#: The largest seed a split takes (NumPy's RandomState, as Keras, takes 32-bit seeds).
+MAX_SEED = 2**32 - 1
+
 #: File endings read as images (any case). Keras reads the same, without webp.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -252,6 +255,8 @@ def split(dataset: Dataset, val_split: float = 0.2, seed: int = 123) -> tuple[Da
     """
     if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0 <= val_split < 1:
         raise ConfigError(f"val_split must be a number in [0, 1), got {val_split!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
     order = list(range(len(dataset)))
     np.random.RandomState(seed).shuffle(order)
     n_val = int(val_split * len(order))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -9,7 +10,7 @@ import logging
 import os
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +22,9 @@ from ..models import check_weights, count_parameters
 from ..runtime import peak_rss_mb
 
 from .record import HISTORY_FIELDS, STATE_KEYS, Checkpoint, RunConfig
+
+#: The file a training holds while it writes the run folder (see :meth:`RunFolder.lock`).
+LOCK = ".lock"
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +179,40 @@ class RunFolder:
             return
         if self.exists():
             raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        if self.path.exists() and (not self.path.is_dir() or any(p.name != LOCK for p in self.path.iterdir())):
             raise ConfigError(f"--out {self.path} exists and is not an empty folder; choose another --out")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Holds the run folder for one writing process (an advisory lock on ``RUN/.lock``, which
+        the system releases when the process ends, however it ends).
+
+        Raises:
+            ConfigError: another process holds it (the message names its pid).
+        """
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this system: one writer is the user's care
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.file(LOCK), "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                owner = handle.read().strip()[:20]
+                raise ConfigError(f"{self.path}: another training is writing this run folder"
+                                  f"{f' (pid {owner})' if owner else ''}; wait for it to end or choose another "
+                                  "--out") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def check_writable(self) -> None:
         """Checks (creating nothing) that the run folder can be written.

@@ -144,8 +144,12 @@ class RunConfig:
         names = d["class_names"]
         if not names or not all(isinstance(n, str) for n in names):
             raise bad("class_names", "must be a non-empty list of names")
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise bad("class_names", f"names {twice!r} twice")
         try:
             train = TrainConfig.from_dict(d.get("train", {}))
+            train.check_types()
             spec = ModelSpec.from_dict(d["model"])
             policy = policy_from_config(d.get("policy") or train.policy)
             test_view = policy_from_config(d["eval_policy"]) if d.get("eval_policy") else policy.test_view()

@@ -12,6 +12,7 @@ resumed run continues exactly where an uninterrupted one would be.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -36,7 +37,7 @@ from ..config import DEFAULT_EPOCHS, TrainConfig
 from ..distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
 from ..distributed import init as dist_init
 from ..distributed import shutdown as dist_shutdown
-from ..errors import DataError, TrainingError
+from ..errors import ConfigError, DataError, TrainingError
 from ..evaluate import calibrate_run, summarize_predictions
 from ..inference import predict_batches, to_device_batch
 from ..models import count_parameters, load_pretrained
@@ -139,6 +140,9 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
     if len(dataset.class_names) < 2:
         raise DataError(f"{root}: one class folder ({dataset.class_names[0]}); a classifier needs at least two")
     empty = [name for name, count in dataset.class_counts().items() if count == 0]
+    if len(dataset.class_names) - len(empty) < 2:
+        raise DataError(f"{root}: fewer than two classes with images (empty: {', '.join(empty)}); a classifier "
+                        "needs at least two")
     if empty:
         reporter.message(f"Warning: class folder(s) with no images: {', '.join(empty)}; the model will never "
                          "predict them (remove the folders, or add images)")
@@ -240,6 +244,7 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
             epoch is saved; ``--resume`` continues from there).
     """
     reporter = reporter or ConsoleReporter()
+    _check_out_path(config)
     run = RunFolder(config.out)
     run.check_out(resume)
     stored = None
@@ -262,10 +267,27 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
         callbacks.append(TensorBoard(run.path / "tensorboard"))  # checks that tensorboard is installed
     ctx, device = dist_init(device, backend)
     try:
-        return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored, store_dir,
-                      callbacks if ctx.is_main else [])
+        with run.lock() if ctx.is_main else contextlib.nullcontext():  # one training writes a run folder
+            return _train(config, resume, reporter if ctx.is_main else _Silent(), ctx, device, run, stored,
+                          store_dir, callbacks if ctx.is_main else [])
     finally:
         dist_shutdown(ctx)
+
+
+def _check_out_path(config: TrainConfig) -> None:
+    """Refuses an empty --out and one inside the data folder (its files would become images).
+
+    Raises:
+        ConfigError: naming --out.
+    """
+    if not str(config.out).strip():
+        raise ConfigError("--out must name a folder, got ''")
+    data = Path(config.data).expanduser()
+    if data.is_dir():
+        out, data = Path(config.out).expanduser().resolve(), data.resolve()
+        if out == data or data in out.parents:
+            raise ConfigError(f"--out {config.out} lies inside the data folder {config.data}: the run's files would "
+                              "be read as data; choose a folder outside it")
 
 
 def _check_finite(epoch: int, row: dict, model: torch.nn.Module, run: RunFolder, history: list[dict]) -> None:
