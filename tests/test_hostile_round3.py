@@ -289,3 +289,54 @@ def test_seeds_out_of_32_bits_get_one_line(world, tmp_path, capsys, args, messag
     assert main([a.format(data=data, tmp=tmp_path) for a in args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["model"].update(num_classes=10**12), "has num_classes 1000000000000, not an integer in 1..100000"),
+    (lambda c: c["model"].update(hidden=10**9), "has hidden 1000000000"),
+    (lambda c: c["model"].update(widths=[16, 10**7]), "has widths [16, 10000000]"),
+    (lambda c: c.update(versions=["1.0"]), "'versions' is not a mapping"),
+])
+def test_absurd_numbers_in_a_run_config_are_refused_before_anything_is_built(world, tmp_path, capsys, edit, message):
+    _, run = world
+    copy = _copy_run(run, tmp_path)
+    config = json.loads((copy / "config.json").read_text())
+    edit(config)
+    (copy / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_deeply_nested_config_is_one_line(world, tmp_path, capsys):
+    _, run = world
+    copy = _copy_run(run, tmp_path)
+    (copy / "config.json").write_text("[" * 200_000)
+    assert main(["predict", str(copy), str(world[0] / "amber" / "img_000.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_thousands_of_unreadable_files_are_counted_not_listed_one_a_line(tmp_path, capsys):
+    data = make_dataset(tmp_path / "ds", {"a": 4, "b": 4})
+    for k in range(60):
+        (data / "a" / f"empty_{k:03d}.jpg").write_bytes(b"")
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "Skipped 60 unreadable file(s):" in out and "... and 40 more (metrics.json lists every one)" in out
+    assert out.count("empty_") == 20
+    assert len(json.loads((tmp_path / "r" / "metrics.json").read_text())["skipped_files"]) == 60
+
+
+def test_an_interrupt_before_the_first_epoch_says_there_is_no_checkpoint(world, tmp_path, capsys, monkeypatch):
+    data, _ = world
+    train_module = importlib.import_module("sppnet.train")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(__import__("sppnet").TrainConfig(data=str(data), out=str(tmp_path / "r"), epochs=1, size=32))
+    out = capsys.readouterr().out
+    assert "holds no checkpoint (no state.pt)" in out and "finished epoch(s)" not in out

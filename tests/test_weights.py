@@ -53,6 +53,7 @@ def test_a_state_dict_loads_whatever_prefix_training_code_gave_it(tmp_path, pref
 def test_a_user_module_gets_its_stride_and_channels_probed():
     backbone = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(6, 10, 3, stride=2, padding=1))
     model = backbone_spp(backbone, num_classes=4, levels=(1, 2)).eval()
+    assert build_model(backbone, num_classes=4, levels=(1, 2)).num_features == model.num_features
     assert (model.stride, model.config["channels"], model.num_features) == (4, 10, 50)
     x = torch.rand(2, 3, 37, 51) * 255
     x[1, :, 20:, :] = 0

@@ -437,12 +437,9 @@ def _is_a(value: Any, kind: Any) -> bool:
 
 
 def _type_name(kind: Any) -> str:
-    if kind is type(None):
-        return "null"
-    if typing.get_origin(kind) is tuple:
-        return "a list of integers"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
-        kind, str(kind))
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "a mapping"}
+    return "a list of integers" if typing.get_origin(kind) is tuple else names.get(kind, str(kind))
 
 
 def cli_fields() -> list[dataclasses.Field]:

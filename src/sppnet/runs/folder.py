@@ -61,6 +61,8 @@ class RunFolder:
             raise DataError(f"{path}: missing; is {self.path} a run folder made by sppnet train?") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(f"{path}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise DataError(f"{path}: nested too deeply to be a sppnet file") from None
 
     def read_config(self) -> dict:
         """config.json as a plain dict (prefer :meth:`run_config`)."""

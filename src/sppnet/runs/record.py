@@ -144,6 +144,15 @@ class RunConfig:
         names = d["class_names"]
         if not names or not all(isinstance(n, str) for n in names):
             raise bad("class_names", "must be a non-empty list of names")
+        for key, most in (("num_classes", 100_000), ("hidden", 65_536), ("input_size", 100_000)):
+            value = d["model"].get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
+                raise bad("model", f"has {key} {value!r}, not an integer in 1..{most}")
+        widths = d["model"].get("widths", [])
+        if not isinstance(widths, list) or not all(isinstance(w, int) and 1 <= w <= 4096 for w in widths):
+            raise bad("model", f"has widths {widths!r}, not a list of integers in 1..4096")
+        if not isinstance(d.get("versions", {}), (dict, type(None))):
+            raise bad("versions", "is not a mapping of names to versions")
         if len(set(names)) != len(names):
             twice = next(n for n in names if names.count(n) > 1)
             raise bad("class_names", f"names {twice!r} twice")

@@ -46,6 +46,9 @@ from ..sizing import SizePolicy, epoch_generator
 
 log = logging.getLogger(__name__)
 
+#: Unreadable files named one a line before training; the rest are counted (metrics.json has all).
+MAX_LISTED = 20
+
 __all__ = ["train", "train_one_epoch", "learning_rate", "make_optimizer", "ema_update", "Reporter", "format_epoch_line"]
 
 
@@ -204,8 +207,10 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
     )
     if failures:
         reporter.message(f"Skipped {len(failures)} unreadable file(s):")
-        for _, reason in failures:
+        for _, reason in failures[:MAX_LISTED]:
             reporter.message(f"  {reason}")
+        if len(failures) > MAX_LISTED:
+            reporter.message(f"  ... and {len(failures) - MAX_LISTED} more (metrics.json lists every one)")
     if n_train == 0:
         raise DataError(f"{root}: none of the training images could be decoded")
     return _Data(root, dataset.class_names, train_store, val_store, failures, cal_store)
@@ -406,7 +411,11 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
                 callback(event)
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else start_epoch
-        reporter.message(f"Interrupted: {run.path} holds {done} finished epoch(s); continue with --resume")
+        if done and run.file("state.pt").is_file():
+            reporter.message(f"Interrupted: {run.path} holds {done} finished epoch(s); continue with --resume")
+        else:
+            reporter.message(f"Interrupted before the first epoch finished: {run.path} holds no checkpoint "
+                             "(no state.pt); --resume starts it again from epoch 1")
         raise
     ctx.barrier()
     if data.calibration_store is not None and ctx.is_main and history:
