@@ -197,6 +197,7 @@ class RunFolder:
         except ImportError:  # no advisory locks on this system: one writer is the user's care
             yield
             return
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.file(LOCK), "a+") as handle:
             try:
@@ -214,6 +215,11 @@ class RunFolder:
             try:
                 yield
             finally:
+                # A training refused before it wrote anything leaves nothing behind, not even the lock.
+                if [q.name for q in self.path.iterdir()] == [LOCK]:
+                    self.file(LOCK).unlink(missing_ok=True)
+                    if created:
+                        self.path.rmdir()
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def check_writable(self) -> None:
