@@ -18,7 +18,6 @@ Needs the sppnet[backbones] extra (torchvision, timm).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -33,16 +32,7 @@ from sppnet.models import load_pretrained
 from sppnet.runtime import autocast_dtype
 from sppnet.train import make_optimizer
 from throughput import matmul_peak
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from time_to_accuracy import cpu_name
 
 
 def timed(fn, steps: int) -> float:
@@ -113,7 +103,7 @@ def main() -> None:
                                                                    **common), weights),
         ]
         results = [(name, *measure(config, images, labels, args.steps, amp, w)) for name, config, w in rows]
-    print(f"CPU: {cpu_model()}, {args.threads} threads; matmul peak fp32 {fp32_peak:.0f} GFLOP/s, "
+    print(f"CPU: {cpu_name()}, {args.threads} threads; matmul peak fp32 {fp32_peak:.0f} GFLOP/s, "
           f"bf16 {bf16_peak:.0f} GFLOP/s; autocast: {amp}; torch {torch.__version__}")
     print(f"images {height}x{width}, batch {args.batch_size}, medians of {args.steps} steps")
     base_train, base_infer = results[0][1], results[0][2]

@@ -110,7 +110,9 @@ def test_a_padded_mixed_size_batch_gives_each_image_its_own_logits(name):
     with torch.no_grad():
         padded = model(x, sizes)
         alone = torch.cat([model(x[i:i + 1, :, :h, :w]) for i, (h, w) in enumerate(sizes.tolist())])
+        empty = model(x[:0], sizes[:0]), model(x[:0])
     torch.testing.assert_close(padded, alone, atol=1e-4, rtol=0)
+    assert [tuple(e.shape) for e in empty] == [(0, 4), (0, 4)]
 
 
 def test_the_probe_finds_each_network_s_stride_and_smallest_side():

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..pooling import SpatialPyramidPooling
 from ..runtime import is_tracing
-from .flower import _check_dropout, _check_int
+from .flower import PooledClassifier, _check_dropout, _check_int
 from .registry import register_family
 
 __all__ = ["BackboneSPP", "backbone_spp", "torchvision_backbone", "timm_backbone", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -67,7 +67,7 @@ class _ForwardFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
-class BackboneSPP(nn.Module):
+class BackboneSPP(PooledClassifier):
     """A feature network, spatial pyramid pooling, dropout and two dense layers.
 
     Args:
@@ -117,12 +117,7 @@ class BackboneSPP(nn.Module):
             self.config[key] = probed
         self.pool = SpatialPyramidPooling(levels, pool)
         self.num_features = self.pool.output_features(channels)
-        self.classifier = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(self.num_features, hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),
-        )
+        self.classifier = self.make_classifier(self.num_features, hidden, num_classes, dropout)
         if freeze_backbone:
             self.features.requires_grad_(False)
             self.features.eval()
@@ -184,6 +179,8 @@ class BackboneSPP(nn.Module):
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         if sizes is None:
             return self.features(x), None
+        if len(x) == 0:  # an empty batch: nothing to run the backbone on
+            return x.new_zeros((0, self.num_features // sum(n * n for n in self.pool.levels), 1, 1)), sizes
         distinct, group = torch.unique(sizes, dim=0, return_inverse=True)
         if len(distinct) == 1 and tuple(distinct[0].tolist()) == tuple(x.shape[-2:]):
             out = self.features(x)
@@ -201,18 +198,6 @@ class BackboneSPP(nn.Module):
             out[index, :, : part.shape[-2], : part.shape[-1]] = part
         return out, map_sizes
 
-    def forward_head(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
-        """Pools a feature map and classifies it; returns logits (N, num_classes)."""
-        return self.classifier(self.pool(x, sizes))
-
-    def forward(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
-        if sizes is not None:
-            sizes = torch.as_tensor(sizes, device=x.device).long()
-        self._check_input(x, sizes)
-        if not is_tracing() and len(x) == 0:  # (under export the batch stays symbolic)
-            return x.new_zeros((0, self.classifier[-1].out_features))
-        x, sizes = self.forward_features(x, sizes)
-        return self.forward_head(x, sizes)
 
     def default_weights(self) -> Path:
         """The family's own pretrained weights in its local cache (``--pretrained default``).

@@ -29,7 +29,7 @@ from ..pooling import SpatialPyramidPooling, spatial_pyramid_pool
 from ..runtime import is_tracing
 from .registry import register_model
 
-__all__ = ["FlowerCNN", "GlobalAvgPool", "FlattenHead", "spp", "flatten", "gap"]
+__all__ = ["PooledClassifier", "FlowerCNN", "GlobalAvgPool", "FlattenHead", "spp", "flatten", "gap"]
 
 #: The flower family's input convention: RGB 0..255, rescaled by 1/255 inside the model.
 RESCALE = {"kind": "rescale", "scale": 1 / 255}
@@ -74,7 +74,30 @@ def _check_dropout(dropout) -> float:
     return float(dropout)
 
 
-class FlowerCNN(nn.Module):
+class PooledClassifier(nn.Module):
+    """What every sppnet model shares after its ``features``: a pooling head, then dropout and
+    two dense layers; ``forward(x, sizes)`` = ``forward_head(*forward_features(x, sizes))``.
+    Subclasses give ``forward_features`` and ``_check_input``."""
+
+    @staticmethod
+    def make_classifier(num_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+        """Dropout, Dense ``hidden`` + ReLU, Dense ``num_classes`` (the logits: its last layer)."""
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, hidden), nn.ReLU(inplace=True),
+                             nn.Linear(hidden, num_classes))
+
+    def forward_head(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """Pools a feature map and classifies it; returns logits (N, num_classes)."""
+        return self.classifier(self.pool(x, sizes))
+
+    def forward(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
+        if sizes is not None:
+            sizes = torch.as_tensor(sizes, device=x.device).long()
+        self._check_input(x, sizes)
+        x, sizes = self.forward_features(x, sizes)
+        return self.forward_head(x, sizes)
+
+
+class FlowerCNN(PooledClassifier):
     """The study's CNN: rescale, conv blocks, a pooling head, dropout and two dense layers.
 
     Each block is Conv 3x3 (same padding) + ReLU + MaxPool 2x2 (floor), as in Keras (computed
@@ -154,12 +177,7 @@ class FlowerCNN(nn.Module):
         self.features = nn.ModuleList(blocks)
         self.pool = pool
         self.num_features = pool.output_features(channels)
-        self.classifier = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(self.num_features, hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),
-        )
+        self.classifier = self.make_classifier(self.num_features, hidden, num_classes, dropout)
         self._init_like_keras()
 
     def _init_like_keras(self) -> None:
@@ -211,16 +229,6 @@ class FlowerCNN(nn.Module):
                 x = x * valid.unsqueeze(1).to(x.dtype)
         return x, sizes
 
-    def forward_head(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
-        """Pools a feature map and classifies it; returns logits (N, num_classes)."""
-        return self.classifier(self.pool(x, sizes))
-
-    def forward(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
-        if sizes is not None:
-            sizes = torch.as_tensor(sizes, device=x.device).long()
-        self._check_input(x, sizes)
-        x, sizes = self.forward_features(x, sizes)
-        return self.forward_head(x, sizes)
 
 
 @register_model("spp")
