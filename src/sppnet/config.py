@@ -156,9 +156,9 @@ class TrainConfig:
     model: str = _field("spp", "model", "the network: spp, flatten or gap (the study's CNN with that head), or "
                         "torchvision:NAME / timm:NAME (that network's features with an SPP head; extra "
                         "sppnet[backbones]); sppnet models lists them")
-    levels: tuple[int, ...] = _field((1, 2, 4), "model", "SPP pyramid levels (spp only)")
-    pool: str = _field("max", "model", "SPP pooling: max or avg (spp only)", choices=POOL_MODES)
-    widths: tuple[int, ...] = _field((16, 32, 64), "model", "conv block widths")
+    levels: tuple[int, ...] = _field((1, 2, 4), "model", "SPP pyramid levels (spp and torchvision:/timm: models)")
+    pool: str = _field("max", "model", "SPP pooling: max or avg (spp and torchvision:/timm: models)", choices=POOL_MODES)
+    widths: tuple[int, ...] = _field((16, 32, 64), "model", "conv block widths (the study's CNN)")
     hidden: int = _field(128, "model", "dense layer units")
     batch_norm: bool = _field(False, "model", "batch norm after each conv")
     norm_after_pool: bool = _field(False, "model", "with --batch-norm: the norm after each block's pooling, on a map "
