@@ -340,3 +340,50 @@ def test_an_interrupt_before_the_first_epoch_says_there_is_no_checkpoint(world, 
         train_module.train(__import__("sppnet").TrainConfig(data=str(data), out=str(tmp_path / "r"), epochs=1, size=32))
     out = capsys.readouterr().out
     assert "holds no checkpoint (no state.pt)" in out and "finished epoch(s)" not in out
+
+
+@pytest.mark.parametrize("kind", ["tgz", "zip"])
+def test_an_archive_that_expands_far_beyond_itself_is_refused_and_leaves_nothing(tmp_path, capsys, monkeypatch, kind):
+    import tarfile
+    import zipfile
+
+    from sppnet.data import sources
+
+    monkeypatch.setattr(sources, "MIN_EXPANSION_BYTES", 1 << 20)  # the test's bomb: 8 MB of zeros
+    zeros = tmp_path / "zeros.jpg"
+    with open(zeros, "wb") as f:
+        f.truncate(8 << 20)
+    archive = tmp_path / f"bomb.{kind}"
+    if kind == "tgz":
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(zeros, arcname="ds/a/zeros.jpg")
+    else:
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(zeros, "ds/a/zeros.jpg")
+    assert archive.stat().st_size < 100_000
+    monkeypatch.setenv("SPPNET_HOME", str(tmp_path / "cache"))
+    assert main(["data", str(archive)]) == 2
+    err = capsys.readouterr().err
+    assert "refused as a decompression bomb" in err and len(err.strip().splitlines()) == 1
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+
+
+def test_a_class_folder_linked_to_the_root_counts_each_photo_once(tmp_path):
+    from sppnet.data import scan
+
+    data = make_dataset(tmp_path / "ds", {"a": 3, "b": 4})
+    (data / "loop").symlink_to(data, target_is_directory=True)
+    dataset = scan(data)
+    assert len(dataset) == 7 and dataset.class_counts() == {"a": 3, "b": 4, "loop": 0}
+
+
+def test_class_names_with_newlines_or_bidi_controls_are_printed_escaped(tmp_path, capsys):
+    data = make_dataset(tmp_path / "ds", {"evil\nname": 5, "rtl\u202eabc": 5})
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), str(next((data / "evil\nname").iterdir()))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "evil\\u000aname" in lines[1] and "rtl\\u202eabc" in lines[1] and "\u202e" not in "".join(lines)
+    assert lines[2].startswith("  This image most likely belongs to ") and len(lines) == 3

@@ -112,7 +112,7 @@ class Evaluation:
             f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
         ]
         for name, p, r, f, s in zip(self.class_names, self.precision, self.recall, self.f1, self.support):
-            lines.append(f"{name:<{width}} {p:>9.4f} {r:>9.4f} {f:>9.4f} {s:>8}")
+            lines.append(f"{data_mod.shown(name):<{width}} {p:>9.4f} {r:>9.4f} {f:>9.4f} {s:>8}")
         lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
         short = [n[:9] for n in self.class_names]
         lines.append(f"{'':<{width}} " + " ".join(f"{n:>9}" for n in short))

@@ -23,19 +23,20 @@ import torch
 from PIL import Image
 
 from . import runtime
-from .data import ImageStore, decode_image, decode_many, expand_images, image_size
+from .data import ImageStore, decode_image, decode_many, expand_images, image_size, shown
 from .errors import ConfigError, DataError, ExportError, SppnetError
 from .inference import class_probabilities
 from .models import ModelSpec
 from .runs import RunFolder
 from .sizing import Native
 
-__all__ = ["Prediction", "Predictor", "OnnxModel", "load_predictor", "sentence", "expand_images", "to_pil_image"]
+__all__ = ["Prediction", "Predictor", "OnnxModel", "load_predictor", "sentence", "shown", "expand_images",
+           "to_pil_image"]
 
 
 def sentence(class_name: str, confidence: float) -> str:
     """The study's sentence, with the confidence in percent to two decimals."""
-    return f"This image most likely belongs to {class_name} with {100 * confidence:.2f} percent confidence."
+    return f"This image most likely belongs to {shown(class_name)} with {100 * confidence:.2f} percent confidence."
 
 
 @dataclass

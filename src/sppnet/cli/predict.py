@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, SppnetError
-    from ..predict import expand_images, load_predictor
+    from ..predict import expand_images, load_predictor, shown
 
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be an integer >= 1, got {args.top_k}")
@@ -87,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.to_dict()))
             continue
-        print(f"{path} ({result.width}x{result.height})")
+        print(f"{shown(str(path))} ({result.width}x{result.height})")
         k = args.top_k or len(result.probabilities)
         probs = result.top(k) if args.top_k else list(result.probabilities.items())
-        print("  " + "  ".join(f"{name}: {p:.4f}" for name, p in probs))
+        print("  " + "  ".join(f"{shown(name)}: {p:.4f}" for name, p in probs))
         print(f"  {result.sentence()}")
     return 1 if failed else 0

@@ -12,7 +12,7 @@ Everything public is re-exported here: ``from sppnet.data import locate, scan, s
 from ..errors import DataError
 from .decode import MAX_PIXELS, LoadResult, decode_image, decode_many, image_size, load_images, upright_size
 from .index import (IMAGE_EXTENSIONS, Dataset, RunSets, calibration_split, expand_images, is_image_name, run_sets, run_split,
-                    scan, split, split_layout)
+                    scan, shown, split, split_layout)
 from .sources import ARCHIVE_SUFFIXES, KNOWN_DATASETS, RemoteArchive, cache_dir, download, extract_archive, locate
 from .store import (
     MEMORY_SHARE,
@@ -30,5 +30,5 @@ __all__ = [
     "Dataset", "DataError", "LoadResult", "ImageStore", "cache_dir", "locate", "download", "extract_archive", "scan",
     "split", "run_split", "calibration_split", "is_image_name", "expand_images", "decode_image", "decode_many", "load_images",
     "image_size", "upright_size", "available_memory", "estimate_store_bytes", "store_folder", "check_store_dir",
-    "build_store", "summarize", "split_layout", "run_sets", "RunSets",
+    "build_store", "summarize", "split_layout", "run_sets", "RunSets", "shown",
 ]

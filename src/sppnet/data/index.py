@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "MAX_DEPTH", "Dataset", "is_image_name", "walk_images", "scan", "split", "run_split", "calibration_split",
-    "expand_images", "split_layout", "run_sets", "RunSets", "SPLIT_FOLDERS",
+    "expand_images", "split_layout", "run_sets", "RunSets", "SPLIT_FOLDERS", "shown",
 ]
 
 #: The largest seed a split takes (NumPy's RandomState, as Keras, takes 32-bit seeds).
@@ -62,6 +63,12 @@ class Dataset:
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+
+def shown(name: str) -> str:
+    """A class name as printed: control and format characters (newlines, bidi overrides) escaped
+    as ``\\uXXXX``, so that a folder name cannot rewrite the line it is printed on."""
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cf") else c for c in name)
 
 
 def is_image_name(name: str) -> bool:
@@ -153,12 +160,17 @@ def scan(root: str | os.PathLike, class_names: Sequence[str] | None = None) -> D
             raise DataError(f"{root}: class folder {unknown[0]!r} is not one of the classes "
                             f"({', '.join(class_names)})")
     files, labels = [], []
+    seen: set[str] = set()  # real paths: a class folder linked to the root (or any loop) counts each photo once
     for name in found:
         label = class_names.index(name)
         for dirpath, names in walk_images(root / name):
             rel_dir = Path(dirpath).relative_to(root).as_posix()
-            files += [f"{rel_dir}/{f}" for f in names]
-            labels += [label] * len(names)
+            for f in names:
+                real = os.path.realpath(os.path.join(dirpath, f))
+                if real not in seen:
+                    seen.add(real)
+                    files.append(f"{rel_dir}/{f}")
+                    labels.append(label)
     if not files:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the class subfolders")
     return Dataset(root, files, labels, list(class_names))

@@ -184,10 +184,39 @@ def _write_member(target: Path, rel: PurePosixPath | None, is_dir: bool, open_so
         shutil.copyfileobj(source, out)
 
 
+#: An archive may expand to this many times its own size (or to MIN_EXPANSION_BYTES, whichever is
+#: larger), and never past the free disk space: a 1 MB gzip of 1 GiB of zeros is refused before
+#: its contents are written. Photo archives expand about 1x (JPEG), lossless ones a few times.
+EXPANSION_RATIO = 100
+MIN_EXPANSION_BYTES = 1 << 30
+
+
+class _Budget:
+    """The bytes an archive may still expand to; each member's declared size is charged before
+    it is written."""
+
+    def __init__(self, archive: Path, target: Path) -> None:
+        self.archive = archive
+        self.limit = max(MIN_EXPANSION_BYTES, EXPANSION_RATIO * archive.stat().st_size)
+        self.free = shutil.disk_usage(target).free
+        self.total = 0
+
+    def charge(self, size: int) -> None:
+        self.total += max(0, int(size))
+        if self.total > self.limit:
+            raise DataError(f"{self.archive}: expands to more than {self.limit / 1e6:,.0f} MB "
+                            f"({EXPANSION_RATIO} times its size at most): refused as a decompression bomb")
+        if self.total > self.free:
+            raise DataError(f"{self.archive}: its contents need more than the {self.free / 1e6:,.0f} MB free on "
+                            "the cache's disk; free some space or set SPPNET_HOME to a larger disk")
+
+
 def _extract_tar(archive: Path, target: Path) -> None:
+    budget = _Budget(archive, target)
     try:
         with tarfile.open(archive) as tar:
             for member in tar:
+                budget.charge(member.size)
                 rel = _safe_member_path(archive, member.name)
                 if member.issym() or member.islnk():
                     raise DataError(f"{archive}: refusing to extract link {member.name!r}")
@@ -199,8 +228,11 @@ def _extract_tar(archive: Path, target: Path) -> None:
 
 
 def _extract_zip(archive: Path, target: Path) -> None:
+    budget = _Budget(archive, target)
     try:
         with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():  # the sizes are all known before anything is written
+                budget.charge(info.file_size)
             for info in zf.infolist():
                 rel = _safe_member_path(archive, info.filename)
                 mode = info.external_attr >> 16

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import DataError
 from .decode import image_size, load_images
-from .index import Dataset
+from .index import Dataset, shown
 
 __all__ = ["summarize"]
 
@@ -24,7 +24,7 @@ def summarize(dataset: Dataset, train: Dataset, val: Dataset, workers: int | Non
     ]
     totals, in_train, in_val = dataset.class_counts(), train.class_counts(), val.class_counts()
     for name in dataset.class_names:
-        lines.append(f"{name:<20} {totals[name]:>7} {in_train[name]:>7} {in_val[name]:>7}")
+        lines.append(f"{shown(name):<20} {totals[name]:>7} {in_train[name]:>7} {in_val[name]:>7}")
     # Decode everything at about 1/8 scale: enough to find truncated and broken files, fast.
     result = load_images(dataset.paths(), lambda w, h: (max(1, w // 8), max(1, h // 8)), workers)
     sizes = []
