@@ -387,3 +387,41 @@ def test_class_names_with_newlines_or_bidi_controls_are_printed_escaped(tmp_path
     lines = capsys.readouterr().out.splitlines()
     assert "evil\\u000aname" in lines[1] and "rtl\\u202eabc" in lines[1] and "\u202e" not in "".join(lines)
     assert lines[2].startswith("  This image most likely belongs to ") and len(lines) == 3
+
+
+@pytest.mark.parametrize("variable", ["SPPNET_HOME", "XDG_CACHE_HOME"])
+def test_a_cache_folder_that_is_a_file_gets_one_line(tmp_path, capsys, monkeypatch, variable):
+    import tarfile
+
+    data = make_dataset(tmp_path / "ds", {"a": 2, "b": 2})
+    archive = tmp_path / "ds.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(data, arcname="ds")
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    monkeypatch.delenv("SPPNET_HOME", raising=False)
+    monkeypatch.setenv(variable, str(blocker))
+    assert main(["data", str(archive)]) == 2
+    err = capsys.readouterr().err
+    assert "set SPPNET_HOME to a writable folder" in err and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_full_disk_while_writing_weights_is_one_line_and_leaves_no_partial_file(world, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    from sppnet.runs import folder
+
+    data, _ = world
+
+    def full_disk(tensors, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(folder, "save_file", full_disk)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert not list(run.glob("*.safetensors")) and not list(run.glob(".*safetensors*"))

@@ -261,8 +261,12 @@ def extract_archive(archive: Path, cache: Path | None = None) -> Path:
     target = cache / "datasets" / _sha256(archive)[:16]
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    except OSError as err:
+        raise DataError(f"{cache}: cannot extract {archive.name} into the cache there ({err.strerror or err}); set "
+                        "SPPNET_HOME to a writable folder") from None
     try:
         log.info("extracting %s to %s", archive, target)
         if archive.name.lower().endswith(".zip"):

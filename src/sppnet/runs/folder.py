@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, WriteError
 from ..files import atomic_path, atomic_write_bytes, check_writable, remove_temporaries
 from ..models import check_weights, count_parameters
 from ..runtime import peak_rss_mb
@@ -81,8 +81,12 @@ class RunFolder:
 
     def save_weights(self, name: str, state_dict: dict[str, torch.Tensor]) -> None:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-        with atomic_path(self.file(f"{name}.safetensors")) as tmp:
-            save_file(tensors, str(tmp))
+        path = self.file(f"{name}.safetensors")
+        with atomic_path(path) as tmp:
+            try:
+                save_file(tensors, str(tmp))
+            except SafetensorError as err:  # its own type for I/O errors (a full disk): not an OSError
+                raise WriteError(f"{path}: cannot write ({err})") from None
 
     def load_weights(self, name: str = "best") -> dict[str, torch.Tensor]:
         path = self.file(f"{name}.safetensors")
