@@ -425,3 +425,25 @@ def test_a_full_disk_while_writing_weights_is_one_line_and_leaves_no_partial_fil
     err = capsys.readouterr().err
     assert "cannot write" in err and "No space left on device" in err and len(err.strip().splitlines()) == 1
     assert not list(run.glob("*.safetensors")) and not list(run.glob(".*safetensors*"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--size", "4000"], "fixed 4000: a batch of 32 images up to 4000x4000 needs more than"),
+    (["--native-range", "64:4000"], "native range 64:4000: a batch of 32 images up to 4000x8000"),
+    (["--progressive", "64:3000"], "a batch of 32 images up to 3000x6000"),
+])
+def test_sizes_whose_batches_cannot_fit_in_memory_are_refused_with_the_bound(world, tmp_path, capsys, monkeypatch,
+                                                                            args, message):
+    data, _ = world
+    monkeypatch.setattr("sppnet.data.available_memory", lambda: 16 * 10**9)  # any machine: 16 GB free
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "16.0 GB are free" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_predict_size_beyond_memory_is_refused(world, capsys, monkeypatch):
+    data, run = world
+    monkeypatch.setattr("sppnet.predict.available_memory", lambda: 16 * 10**9)
+    assert main(["predict", str(run), str(data / "amber" / "img_000.jpg"), "--size", "90000"]) == 2
+    assert "--size 90000: one 90000x90000 image needs more than" in capsys.readouterr().err

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from . import runtime
-from .data import ImageStore, decode_image, decode_many, expand_images, image_size, shown
+from .data import ImageStore, available_memory, decode_image, decode_many, expand_images, image_size, shown
 from .errors import ConfigError, DataError, ExportError, SppnetError
 from .inference import class_probabilities
 from .models import ModelSpec
@@ -144,6 +144,12 @@ class Predictor:
             size = flatten_size  # a flatten model takes one size only
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < self.stride):
             raise ConfigError(f"--size must be an integer >= {self.stride} (the network's stride), got {size!r}")
+        available = available_memory()
+        if size is not None and available is not None and size * size * 4 * 19 > available:
+            # A lower bound: one image's input and a 16-channel first layer, float32.
+            raise ConfigError(f"--size {size}: one {size}x{size} image needs more than "
+                              f"{size * size * 4 * 19 / 1e9:,.1f} GB to classify, and {available / 1e9:,.1f} GB are "
+                              "free; use a smaller --size")
         if size is not None and flatten_size and size != flatten_size:
             raise ConfigError(f"this run's flatten model takes {flatten_size}x{flatten_size} images only, not --size {size}")
         self.size = size

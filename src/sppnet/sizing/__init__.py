@@ -34,6 +34,7 @@ from .native import MAX_ASPECT, Native, NativeRange, Progressive, padding_overhe
 from .policy import MAX_SIZE, Batch, Fixed, Multi, Range, SizePolicy, epoch_generator, resize_batch
 
 __all__ = [
+    "largest_image",
     "Batch", "SizePolicy", "Fixed", "Multi", "Range", "Native", "Progressive", "NativeRange", "parse_policy",
     "policy_from_config", "padding_overhead", "shrink_each", "resize_batch", "epoch_generator", "MAX_ASPECT",
     "MAX_SIZE",
@@ -78,6 +79,15 @@ def parse_policy(
     if native is not None:
         return Native(native)
     return Fixed(180 if size is None else size)
+
+
+def largest_image(policy: SizePolicy) -> tuple[int, int]:
+    """The largest (height, width) an image of ``policy`` can be given in a batch: the square of
+    a fixed size, the largest of several, or a whole image's shorter side with its longer side
+    at ``max_aspect`` times it."""
+    config = policy.to_config()
+    side = max([v for k, v in config.items() if k in ("size", "high")] + list(config.get("sizes", [])) or [1])
+    return side, int(side * config.get("max_aspect", 1.0))
 
 
 def policy_from_config(config: dict) -> SizePolicy:

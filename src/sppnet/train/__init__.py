@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,18 +30,19 @@ from .. import data as data_mod
 from .. import calibration, runtime
 from .._deprecated import moved
 from ..augment import Augment, AugmentParams
-from .optim import ema_update, learning_rate, make_optimizer
-from .callbacks import Callback, ConsoleReporter, Reporter, TensorBoard, format_epoch_line
 from ..config import DEFAULT_EPOCHS, TrainConfig
 from ..distributed import DistContext, all_reduce_sum, gather_predictions, shared_store
 from ..distributed import init as dist_init
 from ..distributed import shutdown as dist_shutdown
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import DataError
 from ..evaluate import calibrate_run, summarize_predictions
 from ..inference import predict_batches, to_device_batch
 from ..models import count_parameters, load_pretrained
 from ..runs import Checkpoint, RunConfig, RunFolder
 from ..sizing import SizePolicy, epoch_generator
+from .callbacks import Callback, ConsoleReporter, Reporter, TensorBoard, format_epoch_line
+from .checks import check_batch_memory, check_finite, check_out_path
+from .optim import ema_update, learning_rate, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
             epoch is saved; ``--resume`` continues from there).
     """
     reporter = reporter or ConsoleReporter()
-    _check_out_path(config)
+    check_out_path(config)
     run = RunFolder(config.out)
     run.check_out(resume)
     stored = None
@@ -260,6 +260,7 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
     elif config.epochs is None:
         config = dataclasses.replace(config, epochs=DEFAULT_EPOCHS)
     config.validate()
+    check_batch_memory(config)
     data_mod.check_store_dir(store_dir)
     if Path(config.data).expanduser().exists():
         # Stored absolute, so evaluate and --resume work from any folder.
@@ -277,37 +278,6 @@ def train(config: TrainConfig, resume: bool = False, reporter: Reporter | None =
                           store_dir, callbacks if ctx.is_main else [])
     finally:
         dist_shutdown(ctx)
-
-
-def _check_out_path(config: TrainConfig) -> None:
-    """Refuses an empty --out and one inside the data folder (its files would become images).
-
-    Raises:
-        ConfigError: naming --out.
-    """
-    if not str(config.out).strip():
-        raise ConfigError("--out must name a folder, got ''")
-    data = Path(config.data).expanduser()
-    if data.is_dir():
-        out, data = Path(config.out).expanduser().resolve(), data.resolve()
-        if out == data or data in out.parents:
-            raise ConfigError(f"--out {config.out} lies inside the data folder {config.data}: the run's files would "
-                              "be read as data; choose a folder outside it")
-
-
-def _check_finite(epoch: int, row: dict, model: torch.nn.Module, run: RunFolder, history: list[dict]) -> None:
-    """Stops a run that diverged before its epoch is saved: the folder keeps its last finite epoch.
-
-    Raises:
-        TrainingError: naming the epoch and what stopped being a number.
-    """
-    bad = [key for key in ("loss", "val_loss") if not math.isfinite(row[key])]
-    if not bad and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        bad = ["weights"]
-    if bad:
-        kept = f"keeps epoch {history[-1]['epoch']}" if history else "keeps no epoch"
-        raise TrainingError(f"epoch {epoch}: the {' and '.join(bad)} became NaN or infinite: the run diverged "
-                            f"(try a lower --lr); {run.path} {kept}")
 
 
 class _Silent(Reporter):
@@ -396,7 +366,7 @@ def _train(config: TrainConfig, resume: bool, reporter: Reporter, ctx: DistConte
                 "epoch": epoch + 1, "loss": loss, "accuracy": acc,
                 "val_loss": evaluation.loss, "val_accuracy": evaluation.accuracy, "seconds": seconds,
             }
-            _check_finite(epoch + 1, row, model, run, history)
+            check_finite(epoch + 1, row, model, run, history)
             history.append(row)
             if ctx.is_main:
                 validation = {k: v for k, v in evaluation.to_dict().items() if k not in ("confusion", "reliability")}
