@@ -447,3 +447,43 @@ def test_predict_size_beyond_memory_is_refused(world, capsys, monkeypatch):
     monkeypatch.setattr("sppnet.predict.available_memory", lambda: 16 * 10**9)
     assert main(["predict", str(run), str(data / "amber" / "img_000.jpg"), "--size", "90000"]) == 2
     assert "--size 90000: one 90000x90000 image needs more than" in capsys.readouterr().err
+
+
+def test_thousands_of_empty_files_and_nothing_else_are_one_line(tmp_path, capsys):
+    data = tmp_path / "ds"
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for k in range(500):
+            (data / cls / f"e{k}.jpg").write_bytes(b"")
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), *FAST]) == 2
+    captured = capsys.readouterr()
+    assert "none of the training images could be decoded (1000 unreadable file(s); e.g." in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and captured.out.count("e1") == 0
+
+
+def test_a_full_store_folder_is_one_line_and_leaves_nothing(world, tmp_path, capsys, monkeypatch):
+    from sppnet.data import store
+
+    data, _ = world
+    real = store.os.fdopen
+
+    class Full:
+        def __init__(self, fd, mode):
+            self.f = real(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, payload):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.os, "fdopen", Full)
+    folder = tmp_path / "store"
+    folder.mkdir()
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--store-dir", str(folder), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder}: cannot hold the decoded images (No space left on device)" in err
+    assert list(folder.iterdir()) == []

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, WriteError
 from ..files import check_writable
 from .decode import decode_many, image_size, load_images
 from .index import Dataset
@@ -211,9 +211,12 @@ class ImageStore:
             meta = {"labels": list(subset.labels), "sizes": sizes, "stacked": len({tuple(s) for s in sizes}) == 1}
             Path(f"{path}.json").write_text(json.dumps(meta))
             store = cls.attach(path)
-        except BaseException:
+        except BaseException as err:
             for p in (path, Path(f"{path}.json")):
                 p.unlink(missing_ok=True)
+            if isinstance(err, OSError):  # a full or failing disk: one line, nothing left behind
+                raise WriteError(f"{folder}: cannot hold the decoded images ({err.strerror or err}); free some "
+                                 "space or give --store-dir another folder") from None
             raise
         if failures:
             log.warning("skipped %d unreadable image file(s)", len(failures))

@@ -205,14 +205,16 @@ def _prepare(config: TrainConfig, policy: SizePolicy, reporter: Reporter, ctx: D
         f"{' (held out from the training split)' if config.holdout else ''} "
         f"(decoded in {time.perf_counter() - start:.1f}s)"
     )
+    if n_train == 0:  # one line, however many files failed
+        example = f"; e.g. {failures[0][1]}" if failures else ""
+        raise DataError(f"{root}: none of the training images could be decoded ({len(failures)} unreadable "
+                        f"file(s){example})")
     if failures:
         reporter.message(f"Skipped {len(failures)} unreadable file(s):")
         for _, reason in failures[:MAX_LISTED]:
             reporter.message(f"  {reason}")
         if len(failures) > MAX_LISTED:
             reporter.message(f"  ... and {len(failures) - MAX_LISTED} more (metrics.json lists every one)")
-    if n_train == 0:
-        raise DataError(f"{root}: none of the training images could be decoded")
     return _Data(root, dataset.class_names, train_store, val_store, failures, cal_store)
 
 
