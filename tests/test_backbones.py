@@ -21,11 +21,17 @@ from sppnet.runs import RunFolder
 
 from conftest import make_dataset, write_image
 
-pytestmark = pytest.mark.backbones
-torchvision = pytest.importorskip("torchvision", reason="needs torchvision: pip install 'sppnet[backbones]'")
-timm = pytest.importorskip("timm", reason="needs timm: pip install 'sppnet[backbones]'")
+from sppnet.models import BackboneSPP, build_model
 
-from sppnet.models import BackboneSPP, build_model  # noqa: E402
+pytestmark = pytest.mark.backbones
+torchvision = timm = None  # imported by the fixture below: deselected with -m "not backbones", never skipped
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _libraries():
+    global torchvision, timm
+    torchvision = pytest.importorskip("torchvision", reason="needs torchvision: pip install 'sppnet[backbones]'")
+    timm = pytest.importorskip("timm", reason="needs timm: pip install 'sppnet[backbones]'")
 
 SHAPES = [(1, 64, 64), (2, 97, 150), (1, 200, 120), (3, 333, 251)]
 TIMM_NET = "mobilenetv3_small_050"
