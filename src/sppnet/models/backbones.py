@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..pooling import SpatialPyramidPooling
-from ..runtime import is_tracing
 from .flower import PooledClassifier, _check_dropout, _check_int
 from .registry import register_family
 
@@ -159,12 +158,8 @@ class BackboneSPP(PooledClassifier):
         return self
 
     def _check_input(self, x: Tensor, sizes: Tensor | None) -> None:
-        if is_tracing():
-            return
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ConfigError(f"the model needs input of shape (N, 3, H, W), got {tuple(x.shape)}")
-        smallest = min(x.shape[-2:]) if sizes is None or len(sizes) == 0 else int(sizes.min())
-        if smallest < self.min_side:
+        smallest = self.smallest_side(x, sizes)
+        if smallest is not None and smallest < self.min_side:
             raise ConfigError(f"input of {x.shape[-2]}x{x.shape[-1]} (smallest side {smallest}) is smaller than the "
                               f"{self.min_side} px this network takes; use images of at least "
                               f"{self.min_side}x{self.min_side}")

@@ -85,6 +85,16 @@ class PooledClassifier(nn.Module):
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, hidden), nn.ReLU(inplace=True),
                              nn.Linear(hidden, num_classes))
 
+    @staticmethod
+    def smallest_side(x: Tensor, sizes: Tensor | None) -> int | None:
+        """Checks that ``x`` is (N, 3, H, W) and returns the smallest valid side of its images;
+        None while tracing (values are symbolic there)."""
+        if is_tracing():
+            return None
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ConfigError(f"the model needs input of shape (N, 3, H, W), got {tuple(x.shape)}")
+        return min(x.shape[-2:]) if sizes is None or len(sizes) == 0 else int(sizes.min())
+
     def forward_head(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
         """Pools a feature map and classifies it; returns logits (N, num_classes)."""
         return self.classifier(self.pool(x, sizes))
@@ -188,11 +198,9 @@ class FlowerCNN(PooledClassifier):
                     nn.init.zeros_(module.bias)
 
     def _check_input(self, x: Tensor, sizes: Tensor | None) -> None:
-        if is_tracing():
+        smallest = self.smallest_side(x, sizes)
+        if smallest is None:
             return
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ConfigError(f"the model needs input of shape (N, 3, H, W), got {tuple(x.shape)}")
-        smallest = min(x.shape[-2:]) if sizes is None or len(sizes) == 0 else int(sizes.min())
         if smallest < self.stride:
             raise ConfigError(
                 f"input of {x.shape[-2]}x{x.shape[-1]} (smallest side {smallest}) is smaller than the "
