@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from . import runtime
-from .data import ImageStore, available_memory, decode_image, decode_many, expand_images, image_size, shown
+from .data import ImageStore, available_memory, decode_image, decode_many, expand_images, shown
 from .errors import ConfigError, DataError, ExportError, SppnetError
 from .inference import class_probabilities
 from .models import ModelSpec
@@ -275,14 +275,10 @@ class Predictor:
         files = [i for i, item in enumerate(part) if isinstance(item, (str, os.PathLike))]
         loaded = decode_many([part[i] for i in files], self._target, workers, warn=False)
         arrays = {files[j]: array for j, array in zip(loaded.kept, loaded.images)}
+        own = {files[j]: size for j, size in zip(loaded.kept, loaded.own_sizes)}
+        kept = set(loaded.kept)
         errors = {i: DataError(reason) for i, (_, reason) in zip(
-            (files[j] for j in range(len(files)) if j not in set(loaded.kept)), loaded.failures)}
-        own = {}
-        for i in arrays:
-            try:
-                own[i] = image_size(part[i])
-            except DataError:
-                pass
+            (files[j] for j in range(len(files)) if j not in kept), loaded.failures)}
         for i, item in enumerate(part):
             if i in arrays or i in errors:
                 continue

@@ -132,11 +132,14 @@ class LoadResult:
         images: one uint8 array (H, W, 3) per readable file, in input order.
         kept: indices (into the input) of the readable files.
         failures: (path, reason) of each unreadable file.
+        own_sizes: the upright (width, height) of each readable file before resizing, in the
+            order of ``images`` (what the file itself holds).
     """
 
     images: list[np.ndarray]
     kept: list[int]
     failures: list[tuple[str, str]] = field(default_factory=list)
+    own_sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
 def load_images(
@@ -168,11 +171,19 @@ def decode_many(paths: Sequence[str | os.PathLike], target_size: Callable[[int, 
     file). With ``into``, an (N, H, W, 3) array of the one size ``target_size`` gives every
     image, each image is decoded straight into its row, and ``images`` holds those rows."""
 
+    own: list[tuple[int, int] | None] = [None] * len(paths)
+
     def one(i: int) -> np.ndarray | DataError:
+        def target(width: int, height: int) -> tuple[int, int]:
+            own[i] = (width, height)  # the file's own size, seen once while decoding
+            return target_size(width, height)
+
         try:
-            image = decode_image(paths[i], target_size)
+            image = decode_image(paths[i], target if target_size is not None else None)
         except DataError as err:
             return err
+        if own[i] is None:
+            own[i] = image.size
         if into is None:
             return np.array(image)  # writable, for torch.from_numpy
         into[i] = np.asarray(image)
@@ -193,6 +204,7 @@ def decode_many(paths: Sequence[str | os.PathLike], target_size: Callable[[int, 
         else:
             out.images.append(result)
             out.kept.append(i)
+            out.own_sizes.append(own[i])
     return out
 
 
